@@ -1,0 +1,148 @@
+//! The event thread: blocks in nvmlEventSetWait_v2 for Xid and ECC events. An EventSet is not
+//! thread-safe ("operations on a set are not thread-safe", nvml.h), so it lives and dies here.
+
+use crate::clock::monotonic_ns;
+use crate::shared::Shared;
+use crate::types::{GpuEvent, GpuEventKind};
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enums::event::XidError;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::EventSet;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// How long one wait blocks: also how long `stop()` may wait for this thread.
+const WAIT_MS: u32 = 50;
+
+fn wanted() -> EventTypes {
+  EventTypes::CRITICAL_XID_ERROR | EventTypes::DOUBLE_BIT_ECC_ERROR | EventTypes::SINGLE_BIT_ECC_ERROR
+}
+
+fn error_event(sh: &Shared, device: u32, message: String) {
+  sh.emit(GpuEvent { kind: GpuEventKind::EventError, device, timestamp_ns: sh.rel_ns(monotonic_ns()), xid: None, message });
+}
+
+/// Registers every device that supports any wanted event type; returns None when no device does.
+fn register(sh: &Shared) -> Option<EventSet<'_>> {
+  let nvml = &*sh.nvml;
+  let mut set = match nvml.create_event_set() {
+    Ok(s) => s,
+    Err(e) => {
+      error_event(sh, 0, format!("nvmlEventSetCreate failed: {e}; Xid events will not be reported"));
+      return None;
+    }
+  };
+  let mut registered = 0;
+  for (slot, &index) in sh.cfg.devices.iter().enumerate() {
+    if sh.lost[slot].load(Relaxed) {
+      continue;
+    }
+    let Ok(dev) = nvml.device_by_index(index) else { continue };
+    let types = match dev.supported_event_types() {
+      Ok(t) => t & wanted(),
+      Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => wanted(),
+      Err(_) => continue,
+    };
+    if types.is_empty() {
+      continue;
+    }
+    match dev.register_events(types, set) {
+      Ok(s) => {
+        set = s;
+        registered += 1;
+      }
+      Err(e) => {
+        // register_events frees the set on failure; start a fresh one and re-register.
+        if !matches!(e.error, NvmlError::NotSupported) {
+          error_event(sh, index, format!("nvmlDeviceRegisterEvents failed on GPU {index}: {}", e.error));
+        }
+        return register_except(sh, index);
+      }
+    }
+  }
+  (registered > 0).then_some(set)
+}
+
+fn register_except(sh: &Shared, skip: u32) -> Option<EventSet<'_>> {
+  let nvml = &*sh.nvml;
+  let mut set = nvml.create_event_set().ok()?;
+  let mut registered = 0;
+  for (slot, &index) in sh.cfg.devices.iter().enumerate() {
+    if index == skip || sh.lost[slot].load(Relaxed) {
+      continue;
+    }
+    let Ok(dev) = nvml.device_by_index(index) else { continue };
+    let types = dev.supported_event_types().map(|t| t & wanted()).unwrap_or_else(|_| wanted());
+    if types.is_empty() {
+      continue;
+    }
+    set = match dev.register_events(types, set) {
+      Ok(s) => {
+        registered += 1;
+        s
+      }
+      Err(_) => nvml.create_event_set().ok()?,
+    };
+  }
+  (registered > 0).then_some(set)
+}
+
+pub fn run(sh: &Shared) {
+  let Some(set) = register(sh) else { return };
+  let nvml = &*sh.nvml;
+  while !sh.stopping() {
+    match set.wait(WAIT_MS) {
+      Ok(data) => {
+        let t = sh.rel_ns(monotonic_ns());
+        let device = data.device.index().unwrap_or(u32::MAX);
+        let (kind, xid) = if data.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
+          let code = match data.event_data {
+            Some(XidError::Value(v)) => Some(v as u32),
+            _ => None,
+          };
+          (GpuEventKind::Xid, code)
+        } else if data.event_type.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) {
+          (GpuEventKind::EccDoubleBit, None)
+        } else {
+          (GpuEventKind::EccSingleBit, None)
+        };
+        let message = match (kind, xid) {
+          (GpuEventKind::Xid, Some(x)) => format!("Xid {x} on GPU {device}: {}", xid_meaning(x)),
+          (GpuEventKind::Xid, None) => format!("Xid (code unavailable) on GPU {device}"),
+          (GpuEventKind::EccDoubleBit, _) => format!("double-bit (uncorrectable) ECC error on GPU {device}"),
+          _ => format!("single-bit (corrected) ECC error on GPU {device}"),
+        };
+        sh.emit(GpuEvent { kind, device, timestamp_ns: t, xid, message });
+      }
+      Err(NvmlError::Timeout) => {}
+      Err(NvmlError::GpuLost) => {
+        // The set cannot say which device; the sampler thread will mark the lost one.
+        std::thread::sleep(std::time::Duration::from_millis(WAIT_MS as u64));
+      }
+      Err(e) => {
+        error_event(sh, 0, format!("nvmlEventSetWait failed: {e}; retrying"));
+        sh.sleep_interruptible(1_000_000_000);
+      }
+    }
+  }
+  let _ = nvml;
+}
+
+/// Short meanings of the Xid codes that matter for inference servers (NVIDIA's Xid catalogue).
+pub fn xid_meaning(x: u32) -> &'static str {
+  match x {
+    13 => "graphics engine exception (often an illegal memory access in a kernel)",
+    31 => "GPU memory page fault (illegal address in a kernel)",
+    43 => "GPU stopped processing (a user application fault)",
+    45 => "preemptive cleanup after a previous fault",
+    48 => "double-bit ECC error (uncorrectable memory error)",
+    61 | 62 => "internal micro-controller error",
+    63 | 64 => "ECC page retirement or row remapping event",
+    74 => "NVLink error",
+    79 => "GPU has fallen off the bus",
+    92 => "high single-bit ECC error rate",
+    94 => "contained ECC error (the affected application must restart)",
+    95 => "uncontained ECC error (reset the GPU)",
+    119 | 120 => "GSP firmware error or timeout",
+    _ => "see NVIDIA's Xid catalogue",
+  }
+}

@@ -1,0 +1,95 @@
+//! Struct-of-arrays ring buffers: one column per field so that `drain()` hands JS one typed
+//! array per field without building an object per sample.
+
+/// A row's values; `f64::NAN` stands for "not supported / not read" and becomes `null` in JS.
+pub struct Ring<const C: usize> {
+  cap: usize,
+  head: usize,
+  len: usize,
+  t: Vec<f64>,
+  dev: Vec<u32>,
+  cols: [Vec<f64>; C],
+  /// Rows overwritten before anyone drained them.
+  pub dropped: u64,
+  /// Rows ever pushed.
+  pub pushed: u64,
+}
+
+pub struct Drained<const C: usize> {
+  pub t: Vec<f64>,
+  pub dev: Vec<u32>,
+  pub cols: [Vec<f64>; C],
+}
+
+impl<const C: usize> Ring<C> {
+  pub fn new(cap: usize) -> Self {
+    Self {
+      cap,
+      head: 0,
+      len: 0,
+      t: vec![0.0; cap],
+      dev: vec![0; cap],
+      cols: std::array::from_fn(|_| vec![0.0; cap]),
+      dropped: 0,
+      pushed: 0,
+    }
+  }
+
+  /// Overwrites the oldest row when full: a monitor wants the newest data.
+  #[inline]
+  pub fn push(&mut self, t: f64, dev: u32, vals: &[f64; C]) {
+    let i = self.head;
+    self.t[i] = t;
+    self.dev[i] = dev;
+    for (c, v) in self.cols.iter_mut().zip(vals) {
+      c[i] = *v;
+    }
+    self.head = if i + 1 == self.cap { 0 } else { i + 1 };
+    if self.len == self.cap {
+      self.dropped += 1;
+    } else {
+      self.len += 1;
+    }
+    self.pushed += 1;
+  }
+
+  /// Moves every row of `other` into `self`, oldest first, and empties `other`.
+  pub fn append(&mut self, other: &mut Ring<C>) {
+    let start = (other.head + other.cap - other.len) % other.cap;
+    for k in 0..other.len {
+      let i = (start + k) % other.cap;
+      let vals: [f64; C] = std::array::from_fn(|c| other.cols[c][i]);
+      self.push(other.t[i], other.dev[i], &vals);
+    }
+    other.len = 0;
+    other.head = 0;
+  }
+
+  pub fn len(&self) -> usize {
+    self.len
+  }
+
+  pub fn is_full(&self) -> bool {
+    self.len == self.cap
+  }
+
+  /// Copies the rows out in time order into exactly-sized vectors and empties the ring.
+  pub fn drain(&mut self) -> Drained<C> {
+    let n = self.len;
+    let start = (self.head + self.cap - n) % self.cap;
+    let first = n.min(self.cap - start);
+    let take = |src: &Vec<f64>| {
+      let mut out = Vec::with_capacity(n);
+      out.extend_from_slice(&src[start..start + first]);
+      out.extend_from_slice(&src[..n - first]);
+      out
+    };
+    let mut dev = Vec::with_capacity(n);
+    dev.extend_from_slice(&self.dev[start..start + first]);
+    dev.extend_from_slice(&self.dev[..n - first]);
+    let out = Drained { t: take(&self.t), dev, cols: std::array::from_fn(|c| take(&self.cols[c])) };
+    self.len = 0;
+    self.head = 0;
+    out
+  }
+}

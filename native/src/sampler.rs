@@ -1,0 +1,166 @@
+//! The fast sampler thread: memory on every tick, the driver-cached counters when their
+//! interval is due, watches evaluated on every sample.
+//!
+//! Nothing on this loop allocates or logs: rows go into a thread-local staging ring that is
+//! appended to the shared ring under its lock at most once a millisecond (or when full), so
+//! `drain()` on the JS thread and the loop rarely touch the same lock.
+
+use crate::clock::{monotonic_ns, set_timer_slack_ns, sleep_until_ns, thread_cpu_ns};
+use crate::nvml::{bit, read_cached, Support, CACHED_COLS};
+use crate::ring::Ring;
+use crate::shared::{Shared, FAST_COLS};
+use crate::watch::WatchState;
+use nvml_wrapper::Device;
+use std::sync::atomic::Ordering::*;
+
+const STAGE_ROWS: usize = 512;
+const FLUSH_NS: i64 = 1_000_000;
+
+struct Slot<'a> {
+  slot: usize,
+  index: u32,
+  total: f64,
+  dev: Option<Device<'a>>,
+  support: Support,
+  reported_errors: u32,
+}
+
+pub fn run(sh: &Shared) {
+  let nvml = &*sh.nvml;
+  let mut slots: Vec<Slot> = sh
+    .cfg
+    .devices
+    .iter()
+    .enumerate()
+    .map(|(slot, &index)| Slot {
+      slot,
+      index,
+      total: sh.cfg.totals[slot],
+      dev: nvml.device_by_index(index).ok(),
+      support: Support::default(),
+      reported_errors: 0,
+    })
+    .collect();
+  let interval = sh.cfg.interval_ns;
+  if interval > 0 {
+    set_timer_slack_ns((interval / 20).min(50_000) as u64);
+  }
+  let mut stage: Ring<FAST_COLS> = Ring::new(STAGE_ROWS);
+  let mut watches: Vec<WatchState> = Vec::new();
+  let mut generation = u64::MAX;
+  let cpu0 = thread_cpu_ns();
+  let start = monotonic_ns();
+  let mut next = start;
+  let mut next_cached = start;
+  let mut last_flush = start;
+  let mut ticks: u64 = 0;
+
+  while !sh.stopping() {
+    let g = sh.watch_generation.load(Acquire);
+    if g != generation {
+      generation = g;
+      rebuild_watches(sh, &mut watches);
+    }
+
+    let mut t_prev = monotonic_ns();
+    for s in slots.iter_mut() {
+      let Some(dev) = s.dev.as_ref() else {
+        if !sh.lost[s.slot].load(Relaxed) {
+          sh.mark_lost(s.slot, t_prev, "nvmlDeviceGetHandleByIndex");
+        }
+        continue;
+      };
+      if s.support.lost || sh.lost[s.slot].load(Relaxed) {
+        continue;
+      }
+      let m = s.support.read(bit::MEMORY, || dev.memory_info());
+      let t_now = monotonic_ns();
+      sh.stats.latency.record((t_now - t_prev) as u64);
+      let t_mid = t_prev + (t_now - t_prev) / 2;
+      let t_rel = sh.rel_ns(t_mid);
+      t_prev = t_now;
+      match m {
+        Some(m) => {
+          stage.push(t_rel, s.index, &[m.used as f64, m.free as f64, m.reserved as f64]);
+          let used = (m.total - m.free) as f64;
+          for w in watches.iter_mut().filter(|w| w.device == s.index) {
+            w.evaluate(t_mid, t_rel, used, s.total);
+          }
+        }
+        None if s.support.lost => sh.mark_lost(s.slot, t_mid, "nvmlDeviceGetMemoryInfo_v2"),
+        None => {}
+      }
+    }
+
+    if t_prev >= next_cached {
+      let mut cached = sh.cached.lock().unwrap();
+      for s in slots.iter_mut() {
+        let Some(dev) = s.dev.as_ref() else { continue };
+        if s.support.lost || sh.lost[s.slot].load(Relaxed) {
+          continue;
+        }
+        let t0 = monotonic_ns();
+        let vals: [f64; CACHED_COLS] = read_cached(dev, &mut s.support);
+        if s.support.lost {
+          drop(cached);
+          sh.mark_lost(s.slot, t0, "a cached-counter read");
+          cached = sh.cached.lock().unwrap();
+          continue;
+        }
+        cached.push(sh.rel_ns(t0), s.index, &vals);
+      }
+      drop(cached);
+      next_cached += sh.cfg.cached_interval_ns;
+      if next_cached <= t_prev {
+        next_cached = t_prev + sh.cfg.cached_interval_ns;
+      }
+    }
+
+    if stage.is_full() || t_prev - last_flush >= FLUSH_NS {
+      flush(sh, &mut stage, &mut slots);
+      last_flush = t_prev;
+      sh.stats.cpu_ns.store((thread_cpu_ns() - cpu0) as u64, Relaxed);
+    }
+    ticks += 1;
+    sh.stats.ticks.store(ticks, Relaxed);
+
+    if interval > 0 {
+      next += interval;
+      let now = monotonic_ns();
+      if now > next {
+        // A whole tick was missed: start the next one now rather than bursting to catch up,
+        // and count it so the achieved rate is never silently lower than requested.
+        sh.stats.overruns.fetch_add(1, Relaxed);
+        next = now;
+      } else {
+        sleep_until_ns(next);
+      }
+    }
+  }
+  flush(sh, &mut stage, &mut slots);
+  sh.stats.cpu_ns.store((thread_cpu_ns() - cpu0) as u64, Relaxed);
+}
+
+fn flush(sh: &Shared, stage: &mut Ring<FAST_COLS>, slots: &mut [Slot]) {
+  if stage.len() > 0 {
+    sh.fast.lock().unwrap().append(stage);
+  }
+  for s in slots.iter_mut() {
+    let e = s.support.transient_errors;
+    if e != s.reported_errors {
+      sh.stats.read_errors.fetch_add((e - s.reported_errors) as u64, Relaxed);
+      s.reported_errors = e;
+    }
+  }
+}
+
+fn rebuild_watches(sh: &Shared, watches: &mut Vec<WatchState>) {
+  let specs = sh.watches.lock().unwrap();
+  let mut next: Vec<WatchState> = specs.iter().map(WatchState::new).collect();
+  for w in next.iter_mut() {
+    if let Some(old) = watches.iter().find(|o| o.id == w.id) {
+      w.inherit(old);
+    }
+  }
+  *watches = next;
+}

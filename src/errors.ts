@@ -1,0 +1,112 @@
+/**
+ * Error classes with stable codes. The native addon throws errors whose `code` is one of
+ * these strings; `fromNative` turns them into the matching class. The `Symbol.for` brand keeps
+ * `instanceof` working across worker threads and duplicate installs.
+ */
+
+const kBrand = Symbol.for('vllm-monitor.error')
+
+export const ErrorCodes = {
+  NVML_NOT_FOUND: 'VLLM_MONITOR_NVML_NOT_FOUND',
+  NVML_DRIVER_NOT_LOADED: 'VLLM_MONITOR_NVML_DRIVER_NOT_LOADED',
+  NVML_NO_PERMISSION: 'VLLM_MONITOR_NVML_NO_PERMISSION',
+  NVML_INIT_FAILED: 'VLLM_MONITOR_NVML_INIT_FAILED',
+  NVML_DEVICE_NOT_FOUND: 'VLLM_MONITOR_NVML_DEVICE_NOT_FOUND',
+  NVML_GPU_LOST: 'VLLM_MONITOR_NVML_GPU_LOST',
+  NVML_ERROR: 'VLLM_MONITOR_NVML_ERROR',
+  ADDON_NOT_FOUND: 'VLLM_MONITOR_ADDON_NOT_FOUND',
+  INVALID_ARG: 'VLLM_MONITOR_INVALID_ARG',
+  SAMPLER_CLOSED: 'VLLM_MONITOR_SAMPLER_CLOSED',
+  NVIDIA_SMI_FAILED: 'VLLM_MONITOR_NVIDIA_SMI_FAILED',
+} as const
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]
+
+function brand(code: string): symbol {
+  return Symbol.for(`vllm-monitor.error.${code}`)
+}
+
+export class VllmMonitorError extends Error {
+  readonly code: string = 'VLLM_MONITOR_ERR'
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options)
+    Object.defineProperty(this, kBrand, { value: true })
+  }
+  static override [Symbol.hasInstance](x: unknown): boolean {
+    if (this === VllmMonitorError) return (x as Record<symbol, unknown> | null)?.[kBrand] === true
+    return Function.prototype[Symbol.hasInstance].call(this, x)
+  }
+}
+
+function defineError<C extends ErrorCode>(name: string, code: C) {
+  const kOwn = brand(code)
+  const Cls = class extends VllmMonitorError {
+    override readonly name = name
+    override readonly code: C = code
+    constructor(message: string, options?: ErrorOptions) {
+      super(message, options)
+      Object.defineProperty(this, kOwn, { value: true })
+    }
+    static override [Symbol.hasInstance](x: unknown): boolean {
+      return (x as Record<symbol, unknown> | null)?.[kOwn] === true
+    }
+  }
+  Object.defineProperty(Cls, 'name', { value: name })
+  return Cls
+}
+
+/** libnvidia-ml could not be loaded: no NVIDIA driver installed, or a wrong `libraryPath`. */
+export const NvmlNotFoundError = defineError('NvmlNotFoundError', ErrorCodes.NVML_NOT_FOUND)
+export type NvmlNotFoundError = InstanceType<typeof NvmlNotFoundError>
+/** libnvidia-ml loaded but the kernel driver is not running. */
+export const NvmlDriverNotLoadedError = defineError(
+  'NvmlDriverNotLoadedError',
+  ErrorCodes.NVML_DRIVER_NOT_LOADED,
+)
+export type NvmlDriverNotLoadedError = InstanceType<typeof NvmlDriverNotLoadedError>
+export const NvmlNoPermissionError = defineError('NvmlNoPermissionError', ErrorCodes.NVML_NO_PERMISSION)
+export type NvmlNoPermissionError = InstanceType<typeof NvmlNoPermissionError>
+export const NvmlInitError = defineError('NvmlInitError', ErrorCodes.NVML_INIT_FAILED)
+export type NvmlInitError = InstanceType<typeof NvmlInitError>
+export const GpuNotFoundError = defineError('GpuNotFoundError', ErrorCodes.NVML_DEVICE_NOT_FOUND)
+export type GpuNotFoundError = InstanceType<typeof GpuNotFoundError>
+export const GpuLostError = defineError('GpuLostError', ErrorCodes.NVML_GPU_LOST)
+export type GpuLostError = InstanceType<typeof GpuLostError>
+export const NvmlError = defineError('NvmlError', ErrorCodes.NVML_ERROR)
+export type NvmlError = InstanceType<typeof NvmlError>
+/** The native addon is not built for this platform (run `npm install` in a clone to build it). */
+export const AddonNotFoundError = defineError('AddonNotFoundError', ErrorCodes.ADDON_NOT_FOUND)
+export type AddonNotFoundError = InstanceType<typeof AddonNotFoundError>
+export const InvalidArgumentError = defineError('InvalidArgumentError', ErrorCodes.INVALID_ARG)
+export type InvalidArgumentError = InstanceType<typeof InvalidArgumentError>
+export const SamplerClosedError = defineError('SamplerClosedError', ErrorCodes.SAMPLER_CLOSED)
+export type SamplerClosedError = InstanceType<typeof SamplerClosedError>
+export const NvidiaSmiError = defineError('NvidiaSmiError', ErrorCodes.NVIDIA_SMI_FAILED)
+export type NvidiaSmiError = InstanceType<typeof NvidiaSmiError>
+
+const byCode: Record<string, new (m: string, o?: ErrorOptions) => VllmMonitorError> = {
+  [ErrorCodes.NVML_NOT_FOUND]: NvmlNotFoundError,
+  [ErrorCodes.NVML_DRIVER_NOT_LOADED]: NvmlDriverNotLoadedError,
+  [ErrorCodes.NVML_NO_PERMISSION]: NvmlNoPermissionError,
+  [ErrorCodes.NVML_INIT_FAILED]: NvmlInitError,
+  [ErrorCodes.NVML_DEVICE_NOT_FOUND]: GpuNotFoundError,
+  [ErrorCodes.NVML_GPU_LOST]: GpuLostError,
+  [ErrorCodes.NVML_ERROR]: NvmlError,
+  [ErrorCodes.INVALID_ARG]: InvalidArgumentError,
+  [ErrorCodes.SAMPLER_CLOSED]: SamplerClosedError,
+}
+
+/** Rewraps an error thrown by the addon as the class its code names; others pass through. */
+export function fromNative(err: unknown): unknown {
+  const code = (err as { code?: unknown } | null)?.code
+  if (typeof code !== 'string') return err
+  const Cls = byCode[code]
+  if (Cls === undefined) return err
+  return new Cls((err as Error).message, { cause: err })
+}
+
+/** Builds the class for a code reported as data (e.g. by `probeNvml`). */
+export function errorForCode(code: string, message: string): VllmMonitorError {
+  const Cls = byCode[code] ?? NvmlError
+  return new Cls(message)
+}
