@@ -32,9 +32,9 @@ export class VllmMonitorError extends Error {
     super(message, options)
     Object.defineProperty(this, kBrand, { value: true })
   }
+  // Every subclass overrides this with its own brand, so here only the base brand matters.
   static override [Symbol.hasInstance](x: unknown): boolean {
-    if (this === VllmMonitorError) return (x as Record<symbol, unknown> | null)?.[kBrand] === true
-    return Function.prototype[Symbol.hasInstance].call(this, x)
+    return (x as Record<symbol, unknown> | null)?.[kBrand] === true
   }
 }
 

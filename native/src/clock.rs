@@ -2,7 +2,10 @@
 //! timestamp taken here can be compared with one taken in JS.
 
 pub fn monotonic_ns() -> i64 {
-  let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+  let mut ts = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+  };
   // SAFETY: `ts` is a valid out-pointer for the duration of the call.
   unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
   ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -10,7 +13,10 @@ pub fn monotonic_ns() -> i64 {
 
 /// CPU time consumed by the calling thread.
 pub fn thread_cpu_ns() -> i64 {
-  let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+  let mut ts = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+  };
   // SAFETY: as above.
   unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
   ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -25,7 +31,13 @@ pub fn sleep_until_ns(deadline_ns: i64) {
   };
   // SAFETY: `ts` outlives the call; a null remainder is allowed with TIMER_ABSTIME.
   unsafe {
-    while libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) == libc::EINTR {}
+    while libc::clock_nanosleep(
+      libc::CLOCK_MONOTONIC,
+      libc::TIMER_ABSTIME,
+      &ts,
+      std::ptr::null_mut(),
+    ) == libc::EINTR
+    {}
   }
 }
 

@@ -18,7 +18,13 @@ fn wanted() -> EventTypes {
 }
 
 fn error_event(sh: &Shared, device: u32, message: String) {
-  sh.emit(GpuEvent { kind: GpuEventKind::EventError, device, timestamp_ns: sh.rel_ns(monotonic_ns()), xid: None, message });
+  sh.emit(GpuEvent {
+    kind: GpuEventKind::EventError,
+    device,
+    timestamp_ns: sh.rel_ns(monotonic_ns()),
+    xid: None,
+    message,
+  });
 }
 
 /// Registers every device that supports any wanted event type; returns None when no device does.
@@ -27,7 +33,11 @@ fn register(sh: &Shared) -> Option<EventSet<'_>> {
   let mut set = match nvml.create_event_set() {
     Ok(s) => s,
     Err(e) => {
-      error_event(sh, 0, format!("nvmlEventSetCreate failed: {e}; Xid events will not be reported"));
+      error_event(
+        sh,
+        0,
+        format!("nvmlEventSetCreate failed: {e}; Xid events will not be reported"),
+      );
       return None;
     }
   };
@@ -36,7 +46,9 @@ fn register(sh: &Shared) -> Option<EventSet<'_>> {
     if sh.lost[slot].load(Relaxed) {
       continue;
     }
-    let Ok(dev) = nvml.device_by_index(index) else { continue };
+    let Ok(dev) = nvml.device_by_index(index) else {
+      continue;
+    };
     let types = match dev.supported_event_types() {
       Ok(t) => t & wanted(),
       Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => wanted(),
@@ -53,7 +65,11 @@ fn register(sh: &Shared) -> Option<EventSet<'_>> {
       Err(e) => {
         // register_events frees the set on failure; start a fresh one and re-register.
         if !matches!(e.error, NvmlError::NotSupported) {
-          error_event(sh, index, format!("nvmlDeviceRegisterEvents failed on GPU {index}: {}", e.error));
+          error_event(
+            sh,
+            index,
+            format!("nvmlDeviceRegisterEvents failed on GPU {index}: {}", e.error),
+          );
         }
         return register_except(sh, index);
       }
@@ -70,8 +86,13 @@ fn register_except(sh: &Shared, skip: u32) -> Option<EventSet<'_>> {
     if index == skip || sh.lost[slot].load(Relaxed) {
       continue;
     }
-    let Ok(dev) = nvml.device_by_index(index) else { continue };
-    let types = dev.supported_event_types().map(|t| t & wanted()).unwrap_or_else(|_| wanted());
+    let Ok(dev) = nvml.device_by_index(index) else {
+      continue;
+    };
+    let types = dev
+      .supported_event_types()
+      .map(|t| t & wanted())
+      .unwrap_or_else(|_| wanted());
     if types.is_empty() {
       continue;
     }
@@ -111,7 +132,13 @@ pub fn run(sh: &Shared) {
           (GpuEventKind::EccDoubleBit, _) => format!("double-bit (uncorrectable) ECC error on GPU {device}"),
           _ => format!("single-bit (corrected) ECC error on GPU {device}"),
         };
-        sh.emit(GpuEvent { kind, device, timestamp_ns: t, xid, message });
+        sh.emit(GpuEvent {
+          kind,
+          device,
+          timestamp_ns: t,
+          xid,
+          message,
+        });
       }
       Err(NvmlError::Timeout) => {}
       Err(NvmlError::GpuLost) => {

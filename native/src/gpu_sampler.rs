@@ -2,10 +2,12 @@
 
 use crate::clock::monotonic_ns;
 use crate::error::{err, Code, Result};
-use crate::nvml::{self, bit, Support};
-use crate::shared::{AlertFn, Config, EventFn, Shared, WatchSpec};
+use crate::nvml::{self, bit, Support, CACHED_COLS};
+use crate::shared::{AlertFn, Config, EventFn, Shared, WatchSpec, FAST_COLS};
 use crate::types::*;
-use napi::bindgen_prelude::{BigInt, Float64Array, ObjectFinalize, Uint32Array};
+use napi::bindgen_prelude::{
+  BigInt, Float64Array, Float64ArraySlice, ObjectFinalize, Uint32Array, Uint32ArraySlice,
+};
 use napi::{CleanupEnvHook, Env};
 use napi_derive::napi;
 use std::sync::atomic::Ordering::*;
@@ -112,7 +114,10 @@ impl GpuSampler {
       Some(list) => {
         for &i in list {
           if i >= count {
-            return Err(err(Code::DeviceNotFound, format!("options.devices: GPU {i} does not exist (NVML reports {count})")));
+            return Err(err(
+              Code::DeviceNotFound,
+              format!("options.devices: GPU {i} does not exist (NVML reports {count})"),
+            ));
           }
         }
         let mut l = list.clone();
@@ -132,12 +137,18 @@ impl GpuSampler {
       cached_interval_ns: options.cached_interval_ms.unwrap_or(50) as i64 * 1_000_000,
       slow_interval_ns: options.slow_interval_ms.unwrap_or(1_000) as i64 * 1_000_000,
       ring_capacity: cap,
-      totals: infos.iter().map(|d| d.memory_total_bytes.unwrap_or(f64::NAN)).collect(),
+      totals: infos
+        .iter()
+        .map(|d| d.memory_total_bytes.unwrap_or(f64::NAN))
+        .collect(),
       devices,
       events: options.events.unwrap_or(true),
     };
     let shared = Arc::new(Shared::new(cfg, nvml, monotonic_ns()));
-    let control = Arc::new(Control { shared, threads: Mutex::new(Vec::new()) });
+    let control = Arc::new(Control {
+      shared,
+      threads: Mutex::new(Vec::new()),
+    });
     let hook = env
       // Weak: napi keeps hook data until the environment ends, even after the hook is removed,
       // and a strong reference there would keep NVML initialised after close().
@@ -147,11 +158,19 @@ impl GpuSampler {
         }
       })
       .map_err(|e| err(Code::Nvml, format!("could not register the cleanup hook: {e}")))?;
-    Ok(Self { control: Some(control), hook: Some(hook), infos, next_watch_id: 1 })
+    Ok(Self {
+      control: Some(control),
+      hook: Some(hook),
+      infos,
+      next_watch_id: 1,
+    })
   }
 
   fn control(&self) -> Result<&Arc<Control>> {
-    self.control.as_ref().ok_or_else(|| err(Code::Closed, "this GpuSampler was closed"))
+    self
+      .control
+      .as_ref()
+      .ok_or_else(|| err(Code::Closed, "this GpuSampler was closed"))
   }
 
   /// CLOCK_MONOTONIC nanoseconds that every `timestampNs` in this sampler counts from; the
@@ -205,8 +224,7 @@ impl GpuSampler {
     let sh = &self.control()?.shared;
     let f = sh.fast.lock().unwrap().drain();
     let c = sh.cached.lock().unwrap().drain();
-    let slow: Vec<SlowSample> = sh.slow.lock().unwrap().drain(..).collect();
-    let events: Vec<GpuEvent> = sh.events.lock().unwrap().drain(..).collect();
+    let SlowDrained { slow, events } = self.drain_slow()?;
     let [used, free, reserved] = f.cols;
     let [gu, mu, temp, power, sm, mem, reasons, pstate] = c.cols;
     Ok(Drained {
@@ -232,6 +250,52 @@ impl GpuSampler {
       slow,
       events,
     })
+  }
+
+  /// Slow rows and undelivered events only (the part of `drain()` that `drainInto` leaves).
+  #[napi]
+  pub fn drain_slow(&self) -> Result<SlowDrained> {
+    let sh = &self.control()?.shared;
+    let slow: Vec<SlowSample> = sh.slow.lock().unwrap().drain(..).collect();
+    let events: Vec<GpuEvent> = sh.events.lock().unwrap().drain(..).collect();
+    Ok(SlowDrained { slow, events })
+  }
+
+  /// The allocation-free drain: moves the oldest fast and cached rows into caller-owned
+  /// columns (`fastValues`: timestamp, used, free, reserved, each `fastDevices.length` long;
+  /// `cachedValues`: timestamp then the eight `CachedBatch` fields, each `cachedDevices.length`
+  /// long) and writes [fast rows, cached rows, queued slow rows + events] into `counts`.
+  #[napi]
+  pub fn drain_into(
+    &self,
+    mut fast_values: Float64ArraySlice,
+    mut fast_devices: Uint32ArraySlice,
+    mut cached_values: Float64ArraySlice,
+    mut cached_devices: Uint32ArraySlice,
+    mut counts: Uint32ArraySlice,
+  ) -> Result<()> {
+    let sh = &self.control()?.shared;
+    // SAFETY: this runs synchronously on the JS thread, so no JS code touches these arrays
+    // while they are borrowed here.
+    let (fv, fd, cv, cd, n) = unsafe {
+      (
+        fast_values.as_mut(),
+        fast_devices.as_mut(),
+        cached_values.as_mut(),
+        cached_devices.as_mut(),
+        counts.as_mut(),
+      )
+    };
+    if fv.len() < fd.len() * (1 + FAST_COLS) || cv.len() < cd.len() * (1 + CACHED_COLS) || n.len() < 3 {
+      return Err(err(
+        Code::InvalidArg,
+        "drainInto: buffers are smaller than their device columns imply",
+      ));
+    }
+    n[0] = sh.fast.lock().unwrap().drain_into(fv, fd) as u32;
+    n[1] = sh.cached.lock().unwrap().drain_into(cv, cd) as u32;
+    n[2] = (sh.slow.lock().unwrap().len() + sh.events.lock().unwrap().len()) as u32;
+    Ok(())
   }
 
   #[napi]
@@ -290,23 +354,38 @@ impl GpuSampler {
     let c = self.control()?.clone();
     let sh = &c.shared;
     if !sh.cfg.devices.contains(&options.device) {
-      return Err(err(Code::InvalidArg, format!("watch: GPU {} is not sampled by this GpuSampler", options.device)));
+      return Err(err(
+        Code::InvalidArg,
+        format!("watch: GPU {} is not sampled by this GpuSampler", options.device),
+      ));
     }
     match (options.memory_used_fraction, options.growth_bytes_per_sec) {
       (None, None) => {
-        return Err(err(Code::InvalidArg, "watch: give memoryUsedFraction and/or growthBytesPerSec"));
+        return Err(err(
+          Code::InvalidArg,
+          "watch: give memoryUsedFraction and/or growthBytesPerSec",
+        ));
       }
       (Some(f), _) if !(f > 0.0 && f <= 1.0) => {
-        return Err(err(Code::InvalidArg, "watch: memoryUsedFraction must be in (0, 1]"));
+        return Err(err(
+          Code::InvalidArg,
+          "watch: memoryUsedFraction must be in (0, 1]",
+        ));
       }
       (_, Some(g)) if !(g.is_finite() && g > 0.0) => {
-        return Err(err(Code::InvalidArg, "watch: growthBytesPerSec must be a positive number"));
+        return Err(err(
+          Code::InvalidArg,
+          "watch: growthBytesPerSec must be a positive number",
+        ));
       }
       _ => {}
     }
     let window_ms = options.growth_window_ms.unwrap_or(100);
     if window_ms == 0 {
-      return Err(err(Code::InvalidArg, "watch: growthWindowMs must be a positive integer"));
+      return Err(err(
+        Code::InvalidArg,
+        "watch: growthWindowMs must be a positive integer",
+      ));
     }
     let id = self.next_watch_id;
     self.next_watch_id += 1;
@@ -351,7 +430,10 @@ impl GpuSampler {
   pub fn measure_memory_read_rate(&self, device: u32, duration_ms: u32) -> Result<CeilingResult> {
     let sh = &self.control()?.shared;
     if !sh.cfg.devices.contains(&device) {
-      return Err(err(Code::InvalidArg, format!("GPU {device} is not sampled by this GpuSampler")));
+      return Err(err(
+        Code::InvalidArg,
+        format!("GPU {device} is not sampled by this GpuSampler"),
+      ));
     }
     let dev = nvml::open_device(&sh.nvml, device)?;
     let mut s = Support::default();
@@ -368,7 +450,11 @@ impl GpuSampler {
       now = monotonic_ns();
     }
     let elapsed = (now - start) as f64;
-    Ok(CeilingResult { calls: calls as f64, elapsed_ns: elapsed, calls_per_sec: calls as f64 * 1e9 / elapsed })
+    Ok(CeilingResult {
+      calls: calls as f64,
+      elapsed_ns: elapsed,
+      calls_per_sec: calls as f64 * 1e9 / elapsed,
+    })
   }
 }
 

@@ -15,7 +15,9 @@ pub struct Histogram {
 
 impl Default for Histogram {
   fn default() -> Self {
-    Self { counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+    Self {
+      counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+    }
   }
 }
 

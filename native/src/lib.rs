@@ -1,6 +1,7 @@
 #![deny(clippy::all)]
 //! vllm-monitor's native core: an NVML sampler for Node.js. This file only declares exports.
 
+mod baseline;
 mod clock;
 mod error;
 mod events;

@@ -13,15 +13,22 @@ pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 /// only fails when a missing one is called, so a partial (or fake) library is fine.
 pub fn load(path: Option<&str>) -> Result<Nvml> {
   let p = path.unwrap_or(DEFAULT_LIBRARY);
-  Nvml::builder().lib_path(OsStr::new(p)).init().map_err(|e| init_error(e, p))
+  Nvml::builder()
+    .lib_path(OsStr::new(p))
+    .init()
+    .map_err(|e| init_error(e, p))
 }
 
 pub fn device_count(nvml: &Nvml) -> Result<u32> {
-  nvml.device_count().map_err(|e| err(Code::Nvml, format!("nvmlDeviceGetCount failed: {e}")))
+  nvml
+    .device_count()
+    .map_err(|e| err(Code::Nvml, format!("nvmlDeviceGetCount failed: {e}")))
 }
 
 pub fn open_device(nvml: &Nvml, index: u32) -> Result<Device<'_>> {
-  nvml.device_by_index(index).map_err(|e| device_error(e, index, "nvmlDeviceGetHandleByIndex"))
+  nvml
+    .device_by_index(index)
+    .map_err(|e| device_error(e, index, "nvmlDeviceGetHandleByIndex"))
 }
 
 /// What a failed read means for the caller.
@@ -103,12 +110,17 @@ pub fn read_cached(dev: &Device, s: &mut Support) -> [f64; CACHED_COLS] {
   [
     util.as_ref().map_or(nan, |u| u.gpu as f64),
     util.as_ref().map_or(nan, |u| u.memory as f64),
-    s.read(bit::TEMPERATURE, || dev.temperature(TemperatureSensor::Gpu)).map_or(nan, |v| v as f64),
+    s.read(bit::TEMPERATURE, || dev.temperature(TemperatureSensor::Gpu))
+      .map_or(nan, |v| v as f64),
     s.read(bit::POWER, || dev.power_usage()).map_or(nan, |v| v as f64),
-    s.read(bit::SM_CLOCK, || dev.clock_info(Clock::SM)).map_or(nan, |v| v as f64),
-    s.read(bit::MEM_CLOCK, || dev.clock_info(Clock::Memory)).map_or(nan, |v| v as f64),
-    s.read(bit::CLOCK_EVENTS, || dev.current_throttle_reasons()).map_or(nan, |v| v.bits() as f64),
-    s.read(bit::PSTATE, || dev.performance_state()).map_or(nan, |v| v.as_c() as f64),
+    s.read(bit::SM_CLOCK, || dev.clock_info(Clock::SM))
+      .map_or(nan, |v| v as f64),
+    s.read(bit::MEM_CLOCK, || dev.clock_info(Clock::Memory))
+      .map_or(nan, |v| v as f64),
+    s.read(bit::CLOCK_EVENTS, || dev.current_throttle_reasons())
+      .map_or(nan, |v| v.bits() as f64),
+    s.read(bit::PSTATE, || dev.performance_state())
+      .map_or(nan, |v| v.as_c() as f64),
   ]
 }
 
@@ -117,8 +129,13 @@ fn opt<T>(r: std::result::Result<T, NvmlError>) -> Option<T> {
 }
 
 pub fn device_info(nvml: &Nvml, dev: &Device, index: u32) -> DeviceInfo {
-  let cuda = opt(nvml.sys_cuda_driver_version())
-    .map(|v| format!("{}.{}", nvml_wrapper::cuda_driver_version_major(v), nvml_wrapper::cuda_driver_version_minor(v)));
+  let cuda = opt(nvml.sys_cuda_driver_version()).map(|v| {
+    format!(
+      "{}.{}",
+      nvml_wrapper::cuda_driver_version_major(v),
+      nvml_wrapper::cuda_driver_version_minor(v)
+    )
+  });
   DeviceInfo {
     index,
     uuid: opt(dev.uuid()),

@@ -73,6 +73,29 @@ impl<const C: usize> Ring<C> {
     self.len == self.cap
   }
 
+  /// Moves up to `devices.len()` of the oldest rows into caller-owned columns: `values` holds
+  /// the timestamp column then each value column, `devices.len()` entries apiece. Rows that do
+  /// not fit stay for the next call. Returns the number of rows moved.
+  pub fn drain_into(&mut self, values: &mut [f64], devices: &mut [u32]) -> usize {
+    let out_cap = devices.len();
+    let n = self.len.min(out_cap);
+    let start = (self.head + self.cap - self.len) % self.cap;
+    let first = n.min(self.cap - start);
+    let copy = |dst: &mut [f64], src: &[f64]| {
+      dst[..first].copy_from_slice(&src[start..start + first]);
+      dst[first..n].copy_from_slice(&src[..n - first]);
+    };
+    let (t_out, rest) = values.split_at_mut(out_cap);
+    copy(t_out, &self.t);
+    for (c, out) in self.cols.iter().zip(rest.chunks_exact_mut(out_cap)) {
+      copy(out, c);
+    }
+    devices[..first].copy_from_slice(&self.dev[start..start + first]);
+    devices[first..n].copy_from_slice(&self.dev[..n - first]);
+    self.len -= n;
+    n
+  }
+
   /// Copies the rows out in time order into exactly-sized vectors and empties the ring.
   pub fn drain(&mut self) -> Drained<C> {
     let n = self.len;
@@ -87,7 +110,11 @@ impl<const C: usize> Ring<C> {
     let mut dev = Vec::with_capacity(n);
     dev.extend_from_slice(&self.dev[start..start + first]);
     dev.extend_from_slice(&self.dev[..n - first]);
-    let out = Drained { t: take(&self.t), dev, cols: std::array::from_fn(|c| take(&self.cols[c])) };
+    let out = Drained {
+      t: take(&self.t),
+      dev,
+      cols: std::array::from_fn(|c| take(&self.cols[c])),
+    };
     self.len = 0;
     self.head = 0;
     out

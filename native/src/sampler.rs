@@ -15,6 +15,8 @@ use std::sync::atomic::Ordering::*;
 
 const STAGE_ROWS: usize = 512;
 const FLUSH_NS: i64 = 1_000_000;
+/// How many missed ticks are made up for before the schedule is reset.
+const CATCH_UP_TICKS: i64 = 10;
 
 struct Slot<'a> {
   slot: usize,
@@ -127,11 +129,15 @@ pub fn run(sh: &Shared) {
     if interval > 0 {
       next += interval;
       let now = monotonic_ns();
-      if now > next {
-        // A whole tick was missed: start the next one now rather than bursting to catch up,
-        // and count it so the achieved rate is never silently lower than requested.
+      if now > next + CATCH_UP_TICKS * interval {
+        // Far behind (the process was stopped, the host stalled): resume from now instead of
+        // bursting through the backlog.
         sh.stats.overruns.fetch_add(1, Relaxed);
         next = now;
+      } else if now > next {
+        // A late wake-up: run the missed tick at once (fixed-rate scheduling) so the achieved
+        // rate stays the requested one; counted so late ticks are visible.
+        sh.stats.overruns.fetch_add(1, Relaxed);
       } else {
         sleep_until_ns(next);
       }
@@ -148,7 +154,9 @@ fn flush(sh: &Shared, stage: &mut Ring<FAST_COLS>, slots: &mut [Slot]) {
   for s in slots.iter_mut() {
     let e = s.support.transient_errors;
     if e != s.reported_errors {
-      sh.stats.read_errors.fetch_add((e - s.reported_errors) as u64, Relaxed);
+      sh.stats
+        .read_errors
+        .fetch_add((e - s.reported_errors) as u64, Relaxed);
       s.reported_errors = e;
     }
   }

@@ -43,25 +43,39 @@ pub fn run(sh: &Shared) {
 
 fn read_slow(nvml: &Nvml, dev: &Device, s: &mut Support, device: u32, timestamp_ns: f64) -> SlowSample {
   // NVML reports PCIe throughput in KB/s.
-  let tx = s.read(bit::PCIE, || dev.pcie_throughput(PcieUtilCounter::Send)).map(|v| v as f64 * 1024.0);
-  let rx = s.read(bit::PCIE, || dev.pcie_throughput(PcieUtilCounter::Receive)).map(|v| v as f64 * 1024.0);
-  let ecc_c = s.read(bit::ECC, || dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile));
-  let ecc_u = s.read(bit::ECC, || dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile));
-  let rows = s.read(bit::REMAPPED, || remapped_rows(nvml, dev));
-  let sbe = s.read(bit::RETIRED, || dev.retired_pages(RetirementCause::MultipleSingleBitEccErrors));
-  let dbe = s.read(bit::RETIRED, || dev.retired_pages(RetirementCause::DoubleBitEccError));
-  let energy = s.read(bit::ENERGY, || dev.total_energy_consumption());
-  let processes = s.read(bit::PROCESSES, || dev.running_compute_processes()).map(|ps| {
-    ps.into_iter()
-      .map(|p| ProcessMemory {
-        pid: p.pid,
-        used_memory_bytes: match p.used_gpu_memory {
-          UsedGpuMemory::Used(b) => Some(b as f64),
-          UsedGpuMemory::Unavailable => None,
-        },
-      })
-      .collect()
+  let tx = s
+    .read(bit::PCIE, || dev.pcie_throughput(PcieUtilCounter::Send))
+    .map(|v| v as f64 * 1024.0);
+  let rx = s
+    .read(bit::PCIE, || dev.pcie_throughput(PcieUtilCounter::Receive))
+    .map(|v| v as f64 * 1024.0);
+  let ecc_c = s.read(bit::ECC, || {
+    dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
   });
+  let ecc_u = s.read(bit::ECC, || {
+    dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+  });
+  let rows = s.read(bit::REMAPPED, || remapped_rows(nvml, dev));
+  let sbe = s.read(bit::RETIRED, || {
+    dev.retired_pages(RetirementCause::MultipleSingleBitEccErrors)
+  });
+  let dbe = s.read(bit::RETIRED, || {
+    dev.retired_pages(RetirementCause::DoubleBitEccError)
+  });
+  let energy = s.read(bit::ENERGY, || dev.total_energy_consumption());
+  let processes = s
+    .read(bit::PROCESSES, || dev.running_compute_processes())
+    .map(|ps| {
+      ps.into_iter()
+        .map(|p| ProcessMemory {
+          pid: p.pid,
+          used_memory_bytes: match p.used_gpu_memory {
+            UsedGpuMemory::Used(b) => Some(b as f64),
+            UsedGpuMemory::Unavailable => None,
+          },
+        })
+        .collect()
+    });
   SlowSample {
     device,
     timestamp_ns,

@@ -191,3 +191,9 @@ pub struct CeilingResult {
   pub elapsed_ns: f64,
   pub calls_per_sec: f64,
 }
+
+#[napi(object)]
+pub struct SlowDrained {
+  pub slow: Vec<SlowSample>,
+  pub events: Vec<GpuEvent>,
+}

@@ -83,7 +83,11 @@ impl WatchState {
   #[inline]
   pub fn evaluate(&mut self, t: i64, t_rel: f64, used: f64, total: f64) {
     let fraction = used / total;
-    let growth = if self.growth.is_some() { self.growth_rate(t, used) } else { None };
+    let growth = if self.growth.is_some() {
+      self.growth_rate(t, used)
+    } else {
+      None
+    };
     let reason = if self.used_fraction.is_some_and(|f| fraction >= f) {
       Some(WatchReason::MemoryUsedFraction)
     } else if matches!((self.growth, growth), (Some(g), Some(r)) if r >= g) {

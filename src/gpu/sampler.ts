@@ -1,11 +1,13 @@
 import { EventEmitter } from 'node:events'
-import { InvalidArgumentError, fromNative } from '../errors.js'
-import { type NativeSampler, type NativeSlowSample, createNativeSampler } from '../native.js'
+import { fromNative, InvalidArgumentError } from '../errors.js'
+import { createNativeSampler, type NativeSampler, type NativeSlowSample } from '../native.js'
 import type {
+  CachedSamples,
+  FastSamples,
   GpuDeviceInfo,
   GpuEvent,
-  GpuSamples,
   GpuSamplerStats,
+  GpuSamples,
   GpuSnapshot,
   SlowSample,
   WatchAlert,
@@ -105,7 +107,8 @@ export class GpuSampler extends EventEmitter {
       eccEnabled: d.eccEnabled ?? null,
       powerLimitMilliwatts: d.powerLimitMilliwatts ?? null,
     }))
-    for (const d of this.#devices) this.#latest.set(d.index, emptySnapshot(d.index, 'nvml', d.memoryTotalBytes))
+    for (const d of this.#devices)
+      this.#latest.set(d.index, emptySnapshot(d.index, 'nvml', d.memoryTotalBytes))
     this.#native.onEvent((e) => this.#onEvent(normalizeEvent(e)))
   }
 
@@ -145,9 +148,31 @@ export class GpuSampler extends EventEmitter {
     const d = call(() => this.#native.drain())
     const slow = d.slow.map(normalizeSlow)
     const events = d.events.map(normalizeEvent)
-    this.#fold(d.fast, d.cached, slow)
+    this.#fold(d.fast, d.fast.device.length, d.cached, d.cached.device.length, slow)
     for (const e of events) if (e.kind === 'gpuLost') this.#markLost(e.device)
     return { fast: d.fast, cached: d.cached, slow, events }
+  }
+
+  /**
+   * The allocation-free drain for hot paths: moves up to `buffer.capacity` of the oldest fast
+   * and cached rows into the buffer's preallocated columns (rows that do not fit stay for the
+   * next call) and returns the slow rows and events, usually none.
+   */
+  drainInto(buffer: SampleBuffer): { slow: SlowSample[]; events: GpuEvent[] } {
+    const b = buffer[kBuffers]
+    call(() => this.#native.drainInto(b.fastValues, b.fastDevices, b.cachedValues, b.cachedDevices, b.counts))
+    buffer.fastRows = b.counts[0]!
+    buffer.cachedRows = b.counts[1]!
+    let slow: SlowSample[] = kNone
+    let events: GpuEvent[] = kNone
+    if (b.counts[2]! > 0) {
+      const d = call(() => this.#native.drainSlow())
+      slow = d.slow.map(normalizeSlow)
+      events = d.events.map(normalizeEvent)
+      for (const e of events) if (e.kind === 'gpuLost') this.#markLost(e.device)
+    }
+    this.#fold(buffer.fast, buffer.fastRows, buffer.cached, buffer.cachedRows, slow)
+    return { slow, events }
   }
 
   /** The newest values per device as of the last `drain()`. */
@@ -208,11 +233,17 @@ export class GpuSampler extends EventEmitter {
     if (s) s.lost = true
   }
 
-  #fold(fast: GpuSamples['fast'], cached: GpuSamples['cached'], slow: SlowSample[]) {
+  #fold(
+    fast: GpuSamples['fast'],
+    fastRows: number,
+    cached: GpuSamples['cached'],
+    cachedRows: number,
+    slow: SlowSample[],
+  ) {
     // Walk backwards so each device's newest row is found after a few steps, not a full pass.
     let remaining = this.#latest.size
     const seen = new Set<number>()
-    for (let i = fast.device.length - 1; i >= 0 && remaining > 0; i--) {
+    for (let i = fastRows - 1; i >= 0 && remaining > 0; i--) {
       const dev = fast.device[i]!
       if (seen.has(dev)) continue
       seen.add(dev)
@@ -225,7 +256,7 @@ export class GpuSampler extends EventEmitter {
       s.memoryReservedBytes = nanToNull(fast.memoryReservedBytes[i]!)
     }
     seen.clear()
-    for (let i = cached.device.length - 1; i >= 0 && seen.size < this.#latest.size; i--) {
+    for (let i = cachedRows - 1; i >= 0 && seen.size < this.#latest.size; i--) {
       const dev = cached.device[i]!
       if (seen.has(dev)) continue
       seen.add(dev)
@@ -256,7 +287,13 @@ function normalizeEvent(e: {
   xid?: number | null
   message: string
 }): GpuEvent {
-  return { kind: e.kind, device: e.device, timestampNs: e.timestampNs, xid: e.xid ?? null, message: e.message }
+  return {
+    kind: e.kind,
+    device: e.device,
+    timestampNs: e.timestampNs,
+    xid: e.xid ?? null,
+    message: e.message,
+  }
 }
 
 function normalizeSlow(s: NativeSlowSample): SlowSample {
@@ -275,6 +312,60 @@ function normalizeSlow(s: NativeSlowSample): SlowSample {
     retiredPagesDoubleBit: s.retiredPagesDoubleBit ?? null,
     energyMillijoules: s.energyMillijoules ?? null,
     processes: s.processes?.map((p) => ({ pid: p.pid, usedMemoryBytes: p.usedMemoryBytes ?? null })) ?? null,
+  }
+}
+
+const kBuffers = Symbol('vllm-monitor.sampleBuffers')
+const kNone: never[] = []
+const kFastFields = ['timestampNs', 'memoryUsedBytes', 'memoryFreeBytes', 'memoryReservedBytes'] as const
+const kCachedFields = [
+  'timestampNs',
+  'gpuUtilizationPercent',
+  'memoryUtilizationPercent',
+  'temperatureCelsius',
+  'powerMilliwatts',
+  'smClockMhz',
+  'memoryClockMhz',
+  'clockEventReasons',
+  'performanceState',
+] as const
+
+/**
+ * Preallocated columns for `GpuSampler.drainInto`. Each field is a view of `capacity` entries;
+ * only the first `fastRows` / `cachedRows` of them hold the last drain's rows.
+ */
+export class SampleBuffer {
+  readonly capacity: number
+  readonly fast: FastSamples
+  readonly cached: CachedSamples
+  fastRows = 0
+  cachedRows = 0
+  readonly [kBuffers]: {
+    fastValues: Float64Array
+    fastDevices: Uint32Array
+    cachedValues: Float64Array
+    cachedDevices: Uint32Array
+    counts: Uint32Array
+  }
+
+  constructor(capacity = 65_536) {
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 24)
+      throw new InvalidArgumentError('SampleBuffer capacity must be an integer between 1 and 16777216')
+    this.capacity = capacity
+    const fastValues = new Float64Array(capacity * kFastFields.length)
+    const cachedValues = new Float64Array(capacity * kCachedFields.length)
+    const fastDevices = new Uint32Array(capacity)
+    const cachedDevices = new Uint32Array(capacity)
+    const view = (buf: Float64Array, k: number) => buf.subarray(k * capacity, (k + 1) * capacity)
+    this.fast = Object.fromEntries([
+      ...kFastFields.map((f, k) => [f, view(fastValues, k)]),
+      ['device', fastDevices],
+    ]) as unknown as FastSamples
+    this.cached = Object.fromEntries([
+      ...kCachedFields.map((f, k) => [f, view(cachedValues, k)]),
+      ['device', cachedDevices],
+    ]) as unknown as CachedSamples
+    this[kBuffers] = { fastValues, fastDevices, cachedValues, cachedDevices, counts: new Uint32Array(3) }
   }
 }
 

@@ -10,7 +10,7 @@ import {
   SamplerClosedError,
   VllmMonitorError,
 } from '../../src/errors.js'
-import { GpuSampler, createGpuSampler } from '../../src/gpu/sampler.js'
+import { createGpuSampler, type GpuSampler, SampleBuffer } from '../../src/gpu/sampler.js'
 import type { GpuEvent, WatchAlert } from '../../src/gpu/types.js'
 import { loadBinding, probeNvml } from '../../src/native.js'
 import { fakeNvmlPath, sleep, useScenario, waitFor } from '../helpers/fake-nvml.js'
@@ -49,10 +49,34 @@ describe('GpuSampler against the fake libnvidia-ml', () => {
       // The fake's clock starts at nvmlInit, a little before the sampler's epoch.
       const expected = ramp(fast.timestampNs[i]! / 1e6)
       expect(Math.abs(fast.memoryUsedBytes[i]! - expected)).toBeLessThan(0.02 * 1.28e11)
-      expect(fast.memoryUsedBytes[i]! + fast.memoryFreeBytes[i]! + fast.memoryReservedBytes[i]!).toBe(H200_TOTAL)
+      expect(fast.memoryUsedBytes[i]! + fast.memoryFreeBytes[i]! + fast.memoryReservedBytes[i]!).toBe(
+        H200_TOTAL,
+      )
       expect(fast.memoryReservedBytes[i]).toBe(H200_RESERVED)
     }
     expect(s.drain().fast.timestampNs.length).toBeLessThan(n)
+  })
+
+  it('moves rows into preallocated columns with drainInto, leaving what does not fit', async () => {
+    const s = sampler('h200', { intervalUs: 1_000 }).start()
+    await sleep(100)
+    s.stop()
+    const buf = new SampleBuffer(32)
+    s.drainInto(buf)
+    expect(buf.fastRows).toBe(32)
+    expect(buf.fast.timestampNs.length).toBe(32)
+    const firstT = buf.fast.timestampNs[31]!
+    let total = 32
+    while (true) {
+      s.drainInto(buf)
+      if (buf.fastRows === 0) break
+      expect(buf.fast.timestampNs[0]!).toBeGreaterThan(firstT)
+      total += buf.fastRows
+    }
+    expect(total).toBe(s.stats().samplesTaken)
+    const sum = buf.fast.memoryUsedBytes[0]! + buf.fast.memoryFreeBytes[0]! + buf.fast.memoryReservedBytes[0]!
+    expect(sum).toBe(H200_TOTAL)
+    expect(s.snapshot()[0]!.memoryUsedBytes).toBeGreaterThan(2e9)
   })
 
   it('reads the driver-cached counters on their own interval', async () => {
@@ -340,7 +364,11 @@ describe('GpuSampler errors', () => {
 
   it('probes NVML without throwing', () => {
     useScenario('multi-gpu')
-    expect(probeNvml(fakeNvmlPath)).toMatchObject({ available: true, deviceCount: 3, driverVersion: '580.159.04' })
+    expect(probeNvml(fakeNvmlPath)).toMatchObject({
+      available: true,
+      deviceCount: 3,
+      driverVersion: '580.159.04',
+    })
     expect(probeNvml('/nonexistent/libnvidia-ml.so.1')).toMatchObject({
       available: false,
       code: 'VLLM_MONITOR_NVML_NOT_FOUND',
