@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { fromNative, InvalidArgumentError } from '../errors.js'
-import { createNativeSampler, type NativeSampler, type NativeSlowSample } from '../native.js'
+import { createNativeSampler, type NativeSampler, type NativeSlowSample, probeNvml } from '../native.js'
 import type {
   CachedSamples,
   FastSamples,
@@ -110,6 +110,14 @@ export class GpuSampler extends EventEmitter {
     for (const d of this.#devices)
       this.#latest.set(d.index, emptySnapshot(d.index, 'nvml', d.memoryTotalBytes))
     this.#native.onEvent((e) => this.#onEvent(normalizeEvent(e)))
+  }
+
+  /**
+   * True when the addon is built for this platform and NVML loads and initialises (from
+   * `libraryPath`, else libnvidia-ml.so.1). Never throws; `probeNvml` tells why not.
+   */
+  static available(libraryPath?: string): boolean {
+    return probeNvml(libraryPath).available
   }
 
   /** CLOCK_MONOTONIC ns that every `timestampNs` counts from (same clock as `process.hrtime.bigint()`). */

@@ -10,7 +10,7 @@ import {
   SamplerClosedError,
   VllmMonitorError,
 } from '../../src/errors.js'
-import { createGpuSampler, type GpuSampler, SampleBuffer } from '../../src/gpu/sampler.js'
+import { createGpuSampler, GpuSampler, SampleBuffer } from '../../src/gpu/sampler.js'
 import type { GpuEvent, WatchAlert } from '../../src/gpu/types.js'
 import { loadBinding, probeNvml } from '../../src/native.js'
 import { fakeNvmlPath, sleep, useScenario, waitFor } from '../helpers/fake-nvml.js'
@@ -374,6 +374,8 @@ describe('GpuSampler errors', () => {
       code: 'VLLM_MONITOR_NVML_NOT_FOUND',
     })
     expect(loadBinding().available('/nonexistent/libnvidia-ml.so.1')).toBe(false)
+    expect(GpuSampler.available('/nonexistent/libnvidia-ml.so.1')).toBe(false)
+    expect(GpuSampler.available(fakeNvmlPath)).toBe(true)
   })
 })
 
