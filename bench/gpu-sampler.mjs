@@ -103,6 +103,70 @@ async function rateRun(opts, intervalUs) {
   }
 }
 
+/** Least-squares fit of ns = fixed + perRow * rows. */
+function fit(points) {
+  const n = points.length
+  const mx = points.reduce((a, p) => a + p[0], 0) / n
+  const my = points.reduce((a, p) => a + p[1], 0) / n
+  let sxy = 0
+  let sxx = 0
+  for (const [x, y] of points) {
+    sxy += (x - mx) * (y - my)
+    sxx += (x - mx) ** 2
+  }
+  const perRow = sxy / sxx
+  return { perRowNs: perRow, fixedNs: my - perRow * mx }
+}
+
+/**
+ * JS cost of draining, split into a fixed cost per call and a marginal cost per sample by
+ * fitting drains of 10 to 1000 rows (10 kHz sampler, drained after 1-100 ms). Two loops: one
+ * that waits busy (the event loop of a loaded gateway: warm caches and JIT) and one that waits
+ * with a timer (an idle gateway, where each drain starts cold).
+ */
+async function drainCost(opts) {
+  const s = new b.GpuSampler({ ...opts, intervalUs: 100, devices: [device], events: false })
+  const cap = 65_536
+  const buf = [
+    new Float64Array(cap * 4),
+    new Uint32Array(cap),
+    new Float64Array(cap * 9),
+    new Uint32Array(cap),
+  ]
+  const n = new Uint32Array(3)
+  s.start()
+  const out = {}
+  for (const wait of ['busy', 'timer']) {
+    const into = []
+    const alloc = []
+    const copy = []
+    for (let k = 0; k < 160; k++) {
+      const ms = [1, 5, 20, 100][k % 4]
+      if (wait === 'busy') {
+        const until = Date.now() + ms
+        while (Date.now() < until);
+      } else await sleep(ms)
+      if ((k >> 2) % 2 === 0) {
+        const t0 = nowNs()
+        s.drainInto(...buf, n)
+        into.push([n[0] + n[1], Number(nowNs() - t0)])
+      } else {
+        const t0 = nowNs()
+        const d = s.drain()
+        const t1 = nowNs()
+        const rows = d.fast.timestampNs.length + d.cached.timestampNs.length
+        alloc.push([rows, Number(t1 - t0)])
+        const t2 = nowNs()
+        for (const batch of [d.fast, d.cached]) for (const key in batch) batch[key].slice()
+        copy.push([rows, Number(nowNs() - t2)])
+      }
+    }
+    out[wait] = { drainInto: fit(into.slice(8)), drain: fit(alloc.slice(8)), jsCopy: fit(copy.slice(8)) }
+  }
+  s.close()
+  return out
+}
+
 /** Re-registers a watch that is true at once; each fires on the next tick. */
 async function watchLatency(opts, count) {
   const s = new b.GpuSampler({ ...opts, intervalUs: 1000, devices: [device], events: false })
@@ -144,6 +208,7 @@ async function suite(label, opts) {
   out.afap = await rateRun(opts, 0)
   out.afapVsCeiling = out.afap.achievedHz / ceiling.callsPerSec
   out.watch = await watchLatency(opts, 200)
+  out.drainCost = await drainCost(opts)
   return out
 }
 
@@ -169,6 +234,12 @@ function print(r) {
   console.log(
     `1 kHz sampler CPU ${f(r.rate1k.samplerCpuPercent)} % of a core; idle 1 kHz loop (no NVML) ${f(r.idle1kCpuPercent)} %`,
   )
+  for (const [wait, c] of Object.entries(r.drainCost)) {
+    const line = (k) => `${k} ${f(c[k].perRowNs, 1)} ns/sample + ${f(c[k].fixedNs / 1e3, 1)} us/call`
+    console.log(
+      `drain cost, ${wait}-waiting loop: ${line('drainInto')}; ${line('drain')}; baseline ${line('jsCopy')}`,
+    )
+  }
   console.log(
     `watch callback latency (tick -> JS), ${r.watch.count} crossings: p50 ${f(r.watch.p50Us)} us, p99 ${f(r.watch.p99Us)} us, max ${f(r.watch.maxUs)} us`,
   )

@@ -27,131 +27,113 @@ fn error_event(sh: &Shared, device: u32, message: String) {
   });
 }
 
-/// Registers every device that supports any wanted event type; returns None when no device does.
+/// Registers every sampled device that is not lost and supports a wanted event type. A device
+/// whose registration fails is left out (nvmlDeviceRegisterEvents frees the set on failure, so
+/// the set is rebuilt without it). None when no device can be registered.
 fn register(sh: &Shared) -> Option<EventSet<'_>> {
   let nvml = &*sh.nvml;
-  let mut set = match nvml.create_event_set() {
-    Ok(s) => s,
-    Err(e) => {
-      error_event(
-        sh,
-        0,
-        format!("nvmlEventSetCreate failed: {e}; Xid events will not be reported"),
-      );
-      return None;
-    }
-  };
-  let mut registered = 0;
-  for (slot, &index) in sh.cfg.devices.iter().enumerate() {
-    if sh.lost[slot].load(Relaxed) {
-      continue;
-    }
-    let Ok(dev) = nvml.device_by_index(index) else {
-      continue;
-    };
-    let types = match dev.supported_event_types() {
-      Ok(t) => t & wanted(),
-      Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => wanted(),
-      Err(_) => continue,
-    };
-    if types.is_empty() {
-      continue;
-    }
-    match dev.register_events(types, set) {
-      Ok(s) => {
-        set = s;
-        registered += 1;
-      }
+  let mut skip: Vec<u32> = Vec::new();
+  'attempt: loop {
+    let mut set = match nvml.create_event_set() {
+      Ok(s) => s,
       Err(e) => {
-        // register_events frees the set on failure; start a fresh one and re-register.
-        if !matches!(e.error, NvmlError::NotSupported) {
-          error_event(
-            sh,
-            index,
-            format!("nvmlDeviceRegisterEvents failed on GPU {index}: {}", e.error),
-          );
+        error_event(
+          sh,
+          0,
+          format!("nvmlEventSetCreate failed: {e}; Xid events will not be reported"),
+        );
+        return None;
+      }
+    };
+    let mut registered = 0;
+    for (slot, &index) in sh.cfg.devices.iter().enumerate() {
+      if skip.contains(&index) || sh.lost[slot].load(Relaxed) {
+        continue;
+      }
+      let Ok(dev) = nvml.device_by_index(index) else {
+        continue;
+      };
+      let types = match dev.supported_event_types() {
+        Ok(t) => t & wanted(),
+        Err(NvmlError::FailedToLoadSymbol(_)) => wanted(),
+        Err(_) => continue,
+      };
+      if types.is_empty() {
+        continue;
+      }
+      match dev.register_events(types, set) {
+        Ok(s) => {
+          set = s;
+          registered += 1;
         }
-        return register_except(sh, index);
+        Err(e) => {
+          if !matches!(e.error, NvmlError::NotSupported) {
+            error_event(
+              sh,
+              index,
+              format!("nvmlDeviceRegisterEvents failed on GPU {index}: {}", e.error),
+            );
+          }
+          skip.push(index);
+          continue 'attempt;
+        }
       }
     }
+    return (registered > 0).then_some(set);
   }
-  (registered > 0).then_some(set)
-}
-
-fn register_except(sh: &Shared, skip: u32) -> Option<EventSet<'_>> {
-  let nvml = &*sh.nvml;
-  let mut set = nvml.create_event_set().ok()?;
-  let mut registered = 0;
-  for (slot, &index) in sh.cfg.devices.iter().enumerate() {
-    if index == skip || sh.lost[slot].load(Relaxed) {
-      continue;
-    }
-    let Ok(dev) = nvml.device_by_index(index) else {
-      continue;
-    };
-    let types = dev
-      .supported_event_types()
-      .map(|t| t & wanted())
-      .unwrap_or_else(|_| wanted());
-    if types.is_empty() {
-      continue;
-    }
-    set = match dev.register_events(types, set) {
-      Ok(s) => {
-        registered += 1;
-        s
-      }
-      Err(_) => nvml.create_event_set().ok()?,
-    };
-  }
-  (registered > 0).then_some(set)
 }
 
 pub fn run(sh: &Shared) {
-  let Some(set) = register(sh) else { return };
-  let nvml = &*sh.nvml;
+  let Some(mut set) = register(sh) else { return };
   while !sh.stopping() {
     match set.wait(WAIT_MS) {
-      Ok(data) => {
-        let t = sh.rel_ns(monotonic_ns());
-        let device = data.device.index().unwrap_or(u32::MAX);
-        let (kind, xid) = if data.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
-          let code = match data.event_data {
-            Some(XidError::Value(v)) => Some(v as u32),
-            _ => None,
-          };
-          (GpuEventKind::Xid, code)
-        } else if data.event_type.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) {
-          (GpuEventKind::EccDoubleBit, None)
-        } else {
-          (GpuEventKind::EccSingleBit, None)
-        };
-        let message = match (kind, xid) {
-          (GpuEventKind::Xid, Some(x)) => format!("Xid {x} on GPU {device}: {}", xid_meaning(x)),
-          (GpuEventKind::Xid, None) => format!("Xid (code unavailable) on GPU {device}"),
-          (GpuEventKind::EccDoubleBit, _) => format!("double-bit (uncorrectable) ECC error on GPU {device}"),
-          _ => format!("single-bit (corrected) ECC error on GPU {device}"),
-        };
-        sh.emit(GpuEvent {
-          kind,
-          device,
-          timestamp_ns: t,
-          xid,
-          message,
-        });
-      }
+      Ok(data) => emit(sh, data),
       Err(NvmlError::Timeout) => {}
       Err(NvmlError::GpuLost) => {
-        // The set cannot say which device; the sampler thread will mark the lost one.
-        std::thread::sleep(std::time::Duration::from_millis(WAIT_MS as u64));
+        // The set cannot say which device fell off. Give the sampler thread (which reads every
+        // device each tick) time to mark it, then wait on the remaining devices only.
+        drop(set);
+        sh.sleep_interruptible(WAIT_MS as i64 * 1_000_000);
+        match register(sh) {
+          Some(s) => set = s,
+          None => return,
+        }
       }
       Err(e) => {
-        error_event(sh, 0, format!("nvmlEventSetWait failed: {e}; retrying"));
+        error_event(sh, 0, format!("nvmlEventSetWait failed: {e}; retrying in 1 s"));
         sh.sleep_interruptible(1_000_000_000);
       }
     }
   }
-  let _ = nvml;
+}
+
+fn emit(sh: &Shared, data: nvml_wrapper::struct_wrappers::event::EventData) {
+  let t = sh.rel_ns(monotonic_ns());
+  let device = data.device.index().unwrap_or(u32::MAX);
+  let (kind, xid) = if data.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
+    let code = match data.event_data {
+      Some(XidError::Value(v)) => Some(v as u32),
+      _ => None,
+    };
+    (GpuEventKind::Xid, code)
+  } else if data.event_type.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) {
+    (GpuEventKind::EccDoubleBit, None)
+  } else {
+    (GpuEventKind::EccSingleBit, None)
+  };
+  let message = match (kind, xid) {
+    (GpuEventKind::Xid, Some(x)) => format!("Xid {x} on GPU {device}: {}", xid_meaning(x)),
+    (GpuEventKind::Xid, None) => format!("Xid (code unavailable) on GPU {device}"),
+    (GpuEventKind::EccDoubleBit, _) => format!("double-bit (uncorrectable) ECC error on GPU {device}"),
+    _ => format!("single-bit (corrected) ECC error on GPU {device}"),
+  };
+  sh.emit(GpuEvent {
+    kind,
+    device,
+    timestamp_ns: t,
+    xid,
+    message,
+  });
 }
 
 /// Short meanings of the Xid codes that matter for inference servers (NVIDIA's Xid catalogue).

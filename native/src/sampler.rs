@@ -48,6 +48,7 @@ pub fn run(sh: &Shared) {
     set_timer_slack_ns((interval / 20).min(50_000) as u64);
   }
   let mut stage: Ring<FAST_COLS> = Ring::new(STAGE_ROWS);
+  let mut stage_cached: Ring<CACHED_COLS> = Ring::new(slots.len().max(1));
   let mut watches: Vec<WatchState> = Vec::new();
   let mut generation = u64::MAX;
   let cpu0 = thread_cpu_ns();
@@ -95,7 +96,8 @@ pub fn run(sh: &Shared) {
     }
 
     if t_prev >= next_cached {
-      let mut cached = sh.cached.lock().unwrap();
+      // Read into the local stage first: NVML calls are never made while holding a lock
+      // that drain() on the JS thread also takes.
       for s in slots.iter_mut() {
         let Some(dev) = s.dev.as_ref() else { continue };
         if s.support.lost || sh.lost[s.slot].load(Relaxed) {
@@ -104,14 +106,12 @@ pub fn run(sh: &Shared) {
         let t0 = monotonic_ns();
         let vals: [f64; CACHED_COLS] = read_cached(dev, &mut s.support);
         if s.support.lost {
-          drop(cached);
           sh.mark_lost(s.slot, t0, "a cached-counter read");
-          cached = sh.cached.lock().unwrap();
-          continue;
+        } else {
+          stage_cached.push(sh.rel_ns(t0), s.index, &vals);
         }
-        cached.push(sh.rel_ns(t0), s.index, &vals);
       }
-      drop(cached);
+      sh.cached.lock().unwrap().append(&mut stage_cached);
       next_cached += sh.cfg.cached_interval_ns;
       if next_cached <= t_prev {
         next_cached = t_prev + sh.cfg.cached_interval_ns;

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { errorForCode, InvalidArgumentError, type VllmMonitorError } from '../errors.js'
+import { errorForCode, InvalidArgumentError, type NvidiaSmiError, type VllmMonitorError } from '../errors.js'
 import { addonAvailable, probeNvml } from '../native.js'
 import { NvidiaSmiPoller } from './nvidia-smi.js'
 import { createGpuSampler, type GpuSampler, type GpuSamplerOptions, SampleBuffer } from './sampler.js'
@@ -55,7 +55,7 @@ export class GpuSource extends EventEmitter {
     this.#drainIntervalMs = drainMs
     sampler?.on('event', (e: GpuEvent) => this.#safeEmit('event', e))
     poller?.on('snapshot', (s: GpuSnapshot[]) => this.#safeEmit('samples', s))
-    poller?.on('pollError', (e: Error) => debug('nvidia-smi poll failed: %s', e.message))
+    poller?.on('pollError', (e: NvidiaSmiError) => this.#onPollError(e))
   }
 
   start(): this {
@@ -99,6 +99,17 @@ export class GpuSource extends EventEmitter {
       return
     }
     if (this.listenerCount('samples') > 0) this.#safeEmit('samples', sampler.snapshot())
+  }
+
+  #onPollError(e: NvidiaSmiError) {
+    debug('nvidia-smi poll failed: %s', e.message)
+    // No nvidia-smi at all: this host has no NVIDIA tooling, so stop polling for it.
+    if ((e.cause as NodeJS.ErrnoException | undefined)?.code !== 'ENOENT') return
+    this.#poller?.stop()
+    this.#poller = null
+    this.status.mode = 'none'
+    this.status.slowPath = false
+    this.status.reasons.push({ mode: 'nvidia-smi', code: e.code, message: e.message })
   }
 
   #safeEmit(name: string, value: unknown) {

@@ -48,6 +48,24 @@ describe('openGpuSource', () => {
     expect(src.sampler).toBeNull()
   })
 
+  it('gives up on nvidia-smi, naming why, on a host that does not have it', async () => {
+    const src = track(
+      openGpuSource({
+        libraryPath: '/nonexistent/libnvidia-ml.so.1',
+        nvidiaSmiPath: '/nonexistent/nvidia-smi',
+        nvidiaSmiIntervalMs: 100,
+      }),
+    )
+    src.start()
+    await waitFor(() => src.status.mode === 'none')
+    expect(src.status.slowPath).toBe(false)
+    expect(src.status.reasons.map((r) => `${r.mode}:${r.code}`)).toEqual([
+      'nvml:VLLM_MONITOR_NVML_NOT_FOUND',
+      'nvidia-smi:VLLM_MONITOR_NVIDIA_SMI_FAILED',
+    ])
+    expect(src.snapshot()).toEqual([])
+  })
+
   it('runs with no GPU data when asked to, without throwing', async () => {
     const src = track(openGpuSource({ mode: 'none' }))
     src.start()
