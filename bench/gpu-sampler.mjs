@@ -9,7 +9,8 @@
 //
 // Dependency-free (only the built addon), so the same file runs on a lent GPU machine:
 //   node bench/gpu-sampler.mjs                 fake libnvidia-ml (built from native/fake-nvml)
-//   node bench/gpu-sampler.mjs --real          the real driver (libnvidia-ml.so.1)
+//   node bench/gpu-sampler.mjs --real          the real driver (libnvidia-ml.so.1); add --alloc to
+//                                              time a real 4 GiB PyTorch allocation through a watch
 //   options: --seconds N (per rate run, default 3), --device I, --json FILE, --lib PATH
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
@@ -104,7 +105,7 @@ async function rateRun(opts, intervalUs) {
 }
 
 /** Least-squares fit of ns = fixed + perRow * rows. */
-function fit(points) {
+function linearFit(points) {
   const n = points.length
   const mx = points.reduce((a, p) => a + p[0], 0) / n
   const my = points.reduce((a, p) => a + p[1], 0) / n
@@ -161,7 +162,11 @@ async function drainCost(opts) {
         copy.push([rows, Number(nowNs() - t2)])
       }
     }
-    out[wait] = { drainInto: fit(into.slice(8)), drain: fit(alloc.slice(8)), jsCopy: fit(copy.slice(8)) }
+    out[wait] = {
+      drainInto: linearFit(into.slice(8)),
+      drain: linearFit(alloc.slice(8)),
+      jsCopy: linearFit(copy.slice(8)),
+    }
   }
   s.close()
   return out
@@ -193,6 +198,60 @@ async function watchLatency(opts, count) {
   }
 }
 
+/**
+ * Real GPUs only (--alloc): a PyTorch child allocates 4 GiB while a fraction watch waits for it.
+ * time.monotonic_ns() reads the same CLOCK_MONOTONIC as the sampler, so the crossing tick can be
+ * placed against the allocation call itself.
+ */
+async function allocationCheck(opts) {
+  const { spawn } = await import('node:child_process')
+  const py = [
+    'import sys, time, torch',
+    `torch.cuda.set_device(${device}); torch.empty(1, device="cuda"); torch.cuda.synchronize()`,
+    'print("ready", flush=True); sys.stdin.readline()',
+    't0 = time.monotonic_ns(); x = torch.empty(4 << 30, dtype=torch.uint8, device="cuda"); torch.cuda.synchronize()',
+    't1 = time.monotonic_ns(); print(t0, t1, flush=True); time.sleep(0.5)',
+  ].join('\n')
+  const child = spawn('python3', ['-c', py], { stdio: ['pipe', 'pipe', 'inherit'] })
+  const lines = []
+  child.stdout.setEncoding('utf8').on('data', (d) => lines.push(...d.trim().split('\n')))
+  const waitLine = async (n) => {
+    const end = Date.now() + 60_000
+    while (lines.length < n && Date.now() < end && child.exitCode === null) await sleep(10)
+    if (lines.length < n) throw new Error('the PyTorch child did not answer (is torch installed?)')
+    return lines[n - 1]
+  }
+  const s = new b.GpuSampler({ ...opts, intervalUs: 100, devices: [device], events: false })
+  try {
+    const epoch = s.epochNs
+    s.start()
+    await waitLine(1)
+    await sleep(50)
+    const fast = s.drain().fast
+    const last = fast.timestampNs.length - 1
+    const total = s.devices()[0].memoryTotalBytes
+    const usedNow = total - fast.memoryFreeBytes[last]
+    const threshold = (usedNow + 2 * 2 ** 30) / total
+    const alert = new Promise((resolve) => {
+      s.watch({ device, memoryUsedFraction: threshold }, (a) => resolve({ a, at: nowNs() }))
+    })
+    child.stdin.write('go\n')
+    const [t0, t1] = (await waitLine(2)).split(' ').map(BigInt)
+    const { a, at } = await Promise.race([alert, sleep(5000).then(() => ({ a: null }))])
+    if (!a) throw new Error('no watch callback within 5 s of the allocation')
+    const tick = epoch + BigInt(Math.round(a.timestampNs))
+    return {
+      allocCallUs: Number(t1 - t0) / 1e3,
+      tickAfterAllocStartUs: Number(tick - t0) / 1e3,
+      tickAfterAllocReturnUs: Number(tick - t1) / 1e3,
+      callbackAfterTickUs: Number(at - tick) / 1e3,
+    }
+  } finally {
+    s.close()
+    child.kill()
+  }
+}
+
 async function suite(label, opts) {
   const probe = b.probeNvml(opts.libraryPath)
   if (!probe.available) throw new Error(`${label}: NVML unavailable: ${probe.code} ${probe.message}`)
@@ -209,6 +268,13 @@ async function suite(label, opts) {
   out.afapVsCeiling = out.afap.achievedHz / ceiling.callsPerSec
   out.watch = await watchLatency(opts, 200)
   out.drainCost = await drainCost(opts)
+  if (process.argv.includes('--alloc')) {
+    try {
+      out.allocation = await allocationCheck(opts)
+    } catch (err) {
+      out.allocation = { error: String(err.message ?? err) }
+    }
+  }
   return out
 }
 
@@ -230,6 +296,7 @@ function print(r) {
         ` ${`${f(x.nvmlP50Us)}/${f(x.nvmlP99Us)}`.padStart(16)}  ${f(x.drainIntoNsPerSample, 1).padStart(19)} ${f(x.drainNsPerSample, 1).padStart(7)}  (${f(x.jsCopyNsPerSample, 1)})`,
     )
   }
+  if (r.allocation) console.log('4 GiB PyTorch allocation seen by a fraction watch:', r.allocation)
   console.log(`as fast as possible vs ceiling: ${f(100 * r.afapVsCeiling, 1)} %`)
   console.log(
     `1 kHz sampler CPU ${f(r.rate1k.samplerCpuPercent)} % of a core; idle 1 kHz loop (no NVML) ${f(r.idle1kCpuPercent)} %`,

@@ -38,6 +38,7 @@ export {
   type GpuSamplerStats,
   type GpuSamples,
   type GpuSnapshot,
+  type SlowCounters,
   type SlowSample,
   type WatchAlert,
   type WatchOptions,

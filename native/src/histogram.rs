@@ -72,3 +72,40 @@ impl Histogram {
     None
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn quantiles_are_within_the_bucket_resolution() {
+    let h = Histogram::default();
+    for v in 1..=10_000u64 {
+      h.record(v * 100);
+    }
+    let p50 = h.quantile(0.5).unwrap();
+    let p99 = h.quantile(0.99).unwrap();
+    assert!((p50 / 500_000.0 - 1.0).abs() < 0.07, "p50 {p50}");
+    assert!((p99 / 990_000.0 - 1.0).abs() < 0.07, "p99 {p99}");
+  }
+
+  #[test]
+  fn small_values_are_exact_and_an_empty_histogram_has_no_quantile() {
+    let h = Histogram::default();
+    assert_eq!(h.quantile(0.5), None);
+    h.record(3);
+    assert_eq!(h.quantile(0.99), Some(3.0));
+    h.reset();
+    assert_eq!(h.quantile(0.5), None);
+  }
+
+  #[test]
+  fn buckets_are_monotonic() {
+    let mut last = 0;
+    for v in 0..1_000_000u64 {
+      let b = bucket_of(v);
+      assert!(b >= last);
+      last = b;
+    }
+  }
+}

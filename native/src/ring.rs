@@ -120,3 +120,53 @@ impl<const C: usize> Ring<C> {
     out
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn filled(cap: usize, rows: usize) -> Ring<2> {
+    let mut r = Ring::new(cap);
+    for i in 0..rows {
+      r.push(i as f64, (i % 3) as u32, &[i as f64 * 10.0, i as f64 * 100.0]);
+    }
+    r
+  }
+
+  #[test]
+  fn overwrites_the_oldest_rows_and_counts_them_as_dropped() {
+    let mut r = filled(4, 10);
+    assert_eq!((r.dropped, r.pushed, r.len()), (6, 10, 4));
+    let d = r.drain();
+    assert_eq!(d.t, vec![6.0, 7.0, 8.0, 9.0]);
+    assert_eq!(d.cols[1], vec![600.0, 700.0, 800.0, 900.0]);
+    assert_eq!(d.dev, vec![0, 1, 2, 0]);
+    assert_eq!(r.len(), 0);
+  }
+
+  #[test]
+  fn drain_into_moves_the_oldest_rows_across_the_wrap_and_keeps_the_rest() {
+    let mut r = filled(5, 7); // rows 2..=6, wrapped
+    let mut values = vec![0.0; 3 * 3];
+    let mut devices = vec![0u32; 3];
+    assert_eq!(r.drain_into(&mut values, &mut devices), 3);
+    assert_eq!(&values[0..3], &[2.0, 3.0, 4.0]);
+    assert_eq!(&values[3..6], &[20.0, 30.0, 40.0]);
+    assert_eq!(&values[6..9], &[200.0, 300.0, 400.0]);
+    assert_eq!(devices, vec![2, 0, 1]);
+    assert_eq!(r.drain_into(&mut values, &mut devices), 2);
+    assert_eq!(&values[0..2], &[5.0, 6.0]);
+    assert_eq!(r.drain_into(&mut values, &mut devices), 0);
+    r.push(7.0, 1, &[70.0, 700.0]);
+    assert_eq!(r.drain().t, vec![7.0]);
+  }
+
+  #[test]
+  fn append_moves_a_stage_in_order() {
+    let mut stage = filled(3, 5);
+    let mut r: Ring<2> = Ring::new(8);
+    r.append(&mut stage);
+    assert_eq!(stage.len(), 0);
+    assert_eq!(r.drain().t, vec![2.0, 3.0, 4.0]);
+  }
+}

@@ -16,7 +16,7 @@ export interface GpuDeviceInfo {
 }
 
 /** The latest known state of one GPU. Every reading that cannot be taken is `null`. */
-export interface GpuSnapshot {
+export interface GpuSnapshot extends SlowCounters {
   index: number
   /** Where the values came from: the native sampler, nvidia-smi polling, or nowhere. */
   source: 'nvml' | 'nvidia-smi'
@@ -40,19 +40,6 @@ export interface GpuSnapshot {
   /** nvmlClocksEventReasons bitmask; see `describeClockEventReasons`. */
   clockEventReasons: number | null
   performanceState: number | null
-  pcieTxBytesPerSec: number | null
-  pcieRxBytesPerSec: number | null
-  eccCorrectedVolatile: number | null
-  eccUncorrectedVolatile: number | null
-  remappedRowsCorrectable: number | null
-  remappedRowsUncorrectable: number | null
-  remappedRowsPending: boolean | null
-  remappedRowsFailure: boolean | null
-  retiredPagesSingleBit: number | null
-  retiredPagesDoubleBit: number | null
-  energyMillijoules: number | null
-  /** Compute processes and the GPU memory each holds; null if the device cannot list them. */
-  processes: Array<{ pid: number; usedMemoryBytes: number | null }> | null
 }
 
 /** Fast rows (one per device per tick): one typed array per field, NaN where unreadable. */
@@ -79,9 +66,8 @@ export interface CachedSamples {
   performanceState: Float64Array
 }
 
-export interface SlowSample {
-  device: number
-  timestampNs: number
+/** The slow-tier counters (read every `slowIntervalMs` on their own thread); null = not supported. */
+export interface SlowCounters {
   pcieTxBytesPerSec: number | null
   pcieRxBytesPerSec: number | null
   eccCorrectedVolatile: number | null
@@ -93,7 +79,13 @@ export interface SlowSample {
   retiredPagesSingleBit: number | null
   retiredPagesDoubleBit: number | null
   energyMillijoules: number | null
+  /** Compute processes and the GPU memory each holds; null if the device cannot list them. */
   processes: Array<{ pid: number; usedMemoryBytes: number | null }> | null
+}
+
+export interface SlowSample extends SlowCounters {
+  device: number
+  timestampNs: number
 }
 
 export type GpuEventKind = 'xid' | 'eccSingleBit' | 'eccDoubleBit' | 'gpuLost' | 'eventError'
