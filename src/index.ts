@@ -14,6 +14,7 @@ export {
   SamplerClosedError,
   VllmMonitorError,
 } from './errors.js'
+export { addonAvailable, probeNvml } from './gpu/native.js'
 export {
   type NvidiaSmiOptions,
   NvidiaSmiPoller,
@@ -43,4 +44,3 @@ export {
   type WatchAlert,
   type WatchOptions,
 } from './gpu/types.js'
-export { addonAvailable, probeNvml } from './native.js'

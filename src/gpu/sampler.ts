@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { fromNative, InvalidArgumentError } from '../errors.js'
-import { createNativeSampler, type NativeSampler, type NativeSlowSample, probeNvml } from '../native.js'
+import { createNativeSampler, type NativeSampler, type NativeSlowSample, probeNvml } from './native.js'
 import type {
   CachedSamples,
   FastSamples,

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { errorForCode, InvalidArgumentError, type NvidiaSmiError, type VllmMonitorError } from '../errors.js'
-import { addonAvailable, probeNvml } from '../native.js'
+import { addonAvailable, probeNvml } from './native.js'
 import { NvidiaSmiPoller } from './nvidia-smi.js'
 import { createGpuSampler, type GpuSampler, type GpuSamplerOptions, SampleBuffer } from './sampler.js'
 import type { GpuDeviceInfo, GpuEvent, GpuSnapshot } from './types.js'

@@ -10,9 +10,9 @@ import {
   SamplerClosedError,
   VllmMonitorError,
 } from '../../src/errors.js'
+import { loadBinding, probeNvml } from '../../src/gpu/native.js'
 import { createGpuSampler, GpuSampler, SampleBuffer } from '../../src/gpu/sampler.js'
 import type { GpuEvent, WatchAlert } from '../../src/gpu/types.js'
-import { loadBinding, probeNvml } from '../../src/native.js'
 import { fakeNvmlPath, sleep, useScenario, waitFor } from '../helpers/fake-nvml.js'
 
 const open: GpuSampler[] = []

@@ -3,8 +3,8 @@
  * matches this platform; that is caught here so the package still imports (and falls back to
  * nvidia-smi or "no GPU") where the addon is missing.
  */
-import type * as Binding from '../native/binding.js'
-import { AddonNotFoundError, fromNative } from './errors.js'
+import type * as Binding from '../../native/binding.js'
+import { AddonNotFoundError, fromNative } from '../errors.js'
 
 export type NativeBinding = typeof Binding
 export type NativeSampler = Binding.GpuSampler
@@ -20,7 +20,7 @@ export type NativeSlowSample = Binding.SlowSample
 let binding: NativeBinding | null = null
 let loadError: unknown = null
 try {
-  binding = await import('../native/binding.js')
+  binding = await import('../../native/binding.js')
 } catch (err) {
   loadError = err
 }
