@@ -181,6 +181,8 @@ enum {
     F_ECC_MODE = 1u << 15,
     F_POWER_LIMIT = 1u << 16,
     F_EVENTS = 1u << 17,
+    /* Only the v2 memory call: emulates a pre-R510 driver, whose library lacks it. */
+    F_MEMORY_V2 = 1u << 18,
     F_NONE = 0,
 };
 
@@ -197,6 +199,7 @@ static const struct {
     {"energy", F_ENERGY},         {"compute_capability", F_CC},
     {"mig_mode", F_MIG},          {"ecc_mode", F_ECC_MODE},
     {"power_limit", F_POWER_LIMIT}, {"events", F_EVENTS},
+    {"memory_v2", F_MEMORY_V2},
 };
 
 struct nvmlDevice_st {
@@ -1201,6 +1204,8 @@ NVML_API nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory
     int rc = dev_check(device, memory != NULL, F_MEMORY, &t);
     if (rc)
         return rc;
+    if (device->unsupported & F_MEMORY_V2)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
     if (memory->version != NVML_MEMORY_V2)
         return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     spin_ns(g_scn.mem_lat_ns);

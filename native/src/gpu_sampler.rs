@@ -120,9 +120,8 @@ impl GpuSampler {
             ));
           }
         }
-        let mut l = list.clone();
-        l.dedup();
-        l
+        let mut seen = std::collections::HashSet::new();
+        list.iter().copied().filter(|i| seen.insert(*i)).collect()
       }
       None => (0..count).collect(),
     };
@@ -137,10 +136,6 @@ impl GpuSampler {
       cached_interval_ns: options.cached_interval_ms.unwrap_or(50) as i64 * 1_000_000,
       slow_interval_ns: options.slow_interval_ms.unwrap_or(1_000) as i64 * 1_000_000,
       ring_capacity: cap,
-      totals: infos
-        .iter()
-        .map(|d| d.memory_total_bytes.unwrap_or(f64::NAN))
-        .collect(),
       devices,
       events: options.events.unwrap_or(true),
     };
@@ -291,6 +286,16 @@ impl GpuSampler {
         Code::InvalidArg,
         "drainInto: buffers are smaller than their device columns imply",
       ));
+    }
+    // Views of one ArrayBuffer would alias the mutable slices above.
+    let spans = [span(fv), span(fd), span(cv), span(cd), span(n)];
+    for (i, a) in spans.iter().enumerate() {
+      if spans[i + 1..].iter().any(|b| a.0 < b.1 && b.0 < a.1) {
+        return Err(err(
+          Code::InvalidArg,
+          "drainInto: the five buffers must not overlap",
+        ));
+      }
     }
     n[0] = sh.fast.lock().unwrap().drain_into(fv, fd) as u32;
     n[1] = sh.cached.lock().unwrap().drain_into(cv, cd) as u32;
@@ -468,6 +473,11 @@ impl ObjectFinalize for GpuSampler {
     }
     Ok(())
   }
+}
+
+fn span<T>(s: &[T]) -> (usize, usize) {
+  let start = s.as_ptr() as usize;
+  (start, start + std::mem::size_of_val(s))
 }
 
 fn clone_info(d: &DeviceInfo) -> DeviceInfo {

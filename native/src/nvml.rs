@@ -3,8 +3,9 @@
 use crate::error::{device_error, err, init_error, Code, Result};
 use crate::types::DeviceInfo;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
-use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::{Device, Nvml};
+use nvml_wrapper_sys::bindings::nvmlMemory_t;
 use std::ffi::OsStr;
 
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -72,13 +73,17 @@ impl Support {
     match f() {
       Ok(v) => Some(v),
       Err(e) => {
-        match classify(&e) {
-          Failure::Unsupported => self.unsupported |= bit,
-          Failure::Lost => self.lost = true,
-          Failure::Transient => self.transient_errors += 1,
-        }
+        self.note(bit, &e);
         None
       }
+    }
+  }
+
+  pub fn note(&mut self, bit: u32, e: &NvmlError) {
+    match classify(e) {
+      Failure::Unsupported => self.unsupported |= bit,
+      Failure::Lost => self.lost = true,
+      Failure::Transient => self.transient_errors += 1,
     }
   }
 }
@@ -100,11 +105,75 @@ pub mod bit {
   pub const PROCESSES: u32 = 1 << 13;
 }
 
+/// Framebuffer memory. `reserved` is None where only the v1 call exists (its `used` then
+/// includes the reserved part).
+pub struct Memory {
+  pub total: u64,
+  pub free: u64,
+  pub used: u64,
+  pub reserved: Option<u64>,
+}
+
+/// nvmlDeviceGetMemoryInfo_v2 (nvml-wrapper's `memory_info`) needs a driver from the R510 era
+/// or later; older ones lack the symbol or reject the struct version (NVML_ERROR_ARGUMENT_
+/// VERSION_MISMATCH, 25). `v1` flips to true on the first such failure, then v1 is used.
+#[inline]
+pub fn read_memory(nvml: &Nvml, dev: &Device, v1: &mut bool, s: &mut Support) -> Option<Memory> {
+  if !*v1 {
+    if s.lost {
+      return None;
+    }
+    match dev.memory_info() {
+      Ok(m) => {
+        return Some(Memory {
+          total: m.total,
+          free: m.free,
+          used: m.used,
+          reserved: Some(m.reserved),
+        })
+      }
+      Err(e) if classify(&e) == Failure::Unsupported || matches!(e, NvmlError::UnexpectedVariant(25)) => {
+        *v1 = true
+      }
+      Err(e) => {
+        s.note(bit::MEMORY, &e);
+        return None;
+      }
+    }
+  }
+  s.read(bit::MEMORY, || {
+    let sym = nvml_sym(nvml.lib().nvmlDeviceGetMemoryInfo.as_ref())?;
+    let mut m = nvmlMemory_t {
+      total: 0,
+      free: 0,
+      used: 0,
+    };
+    // SAFETY: the handle belongs to this NVML instance; `m` outlives the call.
+    unsafe { nvml_try(sym(dev.handle(), &mut m))? };
+    Ok(Memory {
+      total: m.total,
+      free: m.free,
+      used: m.used,
+      reserved: None,
+    })
+  })
+}
+
+/// Clock-event reasons as the raw mask: nvml-wrapper's `current_throttle_reasons` truncates
+/// bits it does not know, and newer drivers add reasons.
+fn clock_event_reasons(nvml: &Nvml, dev: &Device) -> std::result::Result<u64, NvmlError> {
+  let sym = nvml_sym(nvml.lib().nvmlDeviceGetCurrentClocksThrottleReasons.as_ref())?;
+  let mut reasons: u64 = 0;
+  // SAFETY: as above.
+  unsafe { nvml_try(sym(dev.handle(), &mut reasons))? };
+  Ok(reasons)
+}
+
 /// Cached-tier values in the column order of `CachedBatch`; NaN where unsupported.
 pub const CACHED_COLS: usize = 8;
 
 #[inline]
-pub fn read_cached(dev: &Device, s: &mut Support) -> [f64; CACHED_COLS] {
+pub fn read_cached(nvml: &Nvml, dev: &Device, s: &mut Support) -> [f64; CACHED_COLS] {
   let nan = f64::NAN;
   let util = s.read(bit::UTILIZATION, || dev.utilization_rates());
   [
@@ -117,8 +186,8 @@ pub fn read_cached(dev: &Device, s: &mut Support) -> [f64; CACHED_COLS] {
       .map_or(nan, |v| v as f64),
     s.read(bit::MEM_CLOCK, || dev.clock_info(Clock::Memory))
       .map_or(nan, |v| v as f64),
-    s.read(bit::CLOCK_EVENTS, || dev.current_throttle_reasons())
-      .map_or(nan, |v| v.bits() as f64),
+    s.read(bit::CLOCK_EVENTS, || clock_event_reasons(nvml, dev))
+      .map_or(nan, |v| v as f64),
     s.read(bit::PSTATE, || dev.performance_state())
       .map_or(nan, |v| v.as_c() as f64),
   ]

@@ -73,11 +73,18 @@ impl<const C: usize> Ring<C> {
     self.len == self.cap
   }
 
+  pub fn capacity(&self) -> usize {
+    self.cap
+  }
+
   /// Moves up to `devices.len()` of the oldest rows into caller-owned columns: `values` holds
   /// the timestamp column then each value column, `devices.len()` entries apiece. Rows that do
   /// not fit stay for the next call. Returns the number of rows moved.
   pub fn drain_into(&mut self, values: &mut [f64], devices: &mut [u32]) -> usize {
     let out_cap = devices.len();
+    if out_cap == 0 {
+      return 0;
+    }
     let n = self.len.min(out_cap);
     let start = (self.head + self.cap - self.len) % self.cap;
     let first = n.min(self.cap - start);

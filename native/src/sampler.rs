@@ -6,10 +6,12 @@
 //! `drain()` on the JS thread and the loop rarely touch the same lock.
 
 use crate::clock::{monotonic_ns, set_timer_slack_ns, sleep_until_ns, thread_cpu_ns};
-use crate::nvml::{bit, read_cached, Support, CACHED_COLS};
+use crate::nvml::{read_cached, read_memory, Support, CACHED_COLS};
 use crate::ring::Ring;
 use crate::shared::{Shared, FAST_COLS};
+use crate::types::{GpuEvent, GpuEventKind};
 use crate::watch::WatchState;
+use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Device;
 use std::sync::atomic::Ordering::*;
 
@@ -17,13 +19,15 @@ const STAGE_ROWS: usize = 512;
 const FLUSH_NS: i64 = 1_000_000;
 /// How many missed ticks are made up for before the schedule is reset.
 const CATCH_UP_TICKS: i64 = 10;
+/// Sleeps longer than this are made interruptible.
+const LONG_SLEEP_NS: i64 = 2_000_000;
 
 struct Slot<'a> {
   slot: usize,
   index: u32,
-  total: f64,
   dev: Option<Device<'a>>,
   support: Support,
+  memory_v1: bool,
   reported_errors: u32,
 }
 
@@ -37,9 +41,9 @@ pub fn run(sh: &Shared) {
     .map(|(slot, &index)| Slot {
       slot,
       index,
-      total: sh.cfg.totals[slot],
-      dev: nvml.device_by_index(index).ok(),
+      dev: open(sh, slot, index),
       support: Support::default(),
+      memory_v1: false,
       reported_errors: 0,
     })
     .collect();
@@ -47,7 +51,7 @@ pub fn run(sh: &Shared) {
   if interval > 0 {
     set_timer_slack_ns((interval / 20).min(50_000) as u64);
   }
-  let mut stage: Ring<FAST_COLS> = Ring::new(STAGE_ROWS);
+  let mut stage: Ring<FAST_COLS> = Ring::new(STAGE_ROWS.max(2 * slots.len()));
   let mut stage_cached: Ring<CACHED_COLS> = Ring::new(slots.len().max(1));
   let mut watches: Vec<WatchState> = Vec::new();
   let mut generation = u64::MAX;
@@ -65,35 +69,38 @@ pub fn run(sh: &Shared) {
       rebuild_watches(sh, &mut watches);
     }
 
-    let mut t_prev = monotonic_ns();
+    // Flush first if this tick's rows might not fit: the stage must never overwrite.
+    if stage.len() + slots.len() > stage.capacity() {
+      flush(sh, &mut stage, &mut slots);
+    }
+    let mut live = 0;
+    let mut t_now = monotonic_ns();
     for s in slots.iter_mut() {
-      let Some(dev) = s.dev.as_ref() else {
-        if !sh.lost[s.slot].load(Relaxed) {
-          sh.mark_lost(s.slot, t_prev, "nvmlDeviceGetHandleByIndex");
-        }
-        continue;
-      };
+      let Some(dev) = s.dev.as_ref() else { continue };
       if s.support.lost || sh.lost[s.slot].load(Relaxed) {
         continue;
       }
-      let m = s.support.read(bit::MEMORY, || dev.memory_info());
-      let t_now = monotonic_ns();
-      sh.stats.latency.record((t_now - t_prev) as u64);
-      let t_mid = t_prev + (t_now - t_prev) / 2;
+      live += 1;
+      let t0 = monotonic_ns();
+      let m = read_memory(nvml, dev, &mut s.memory_v1, &mut s.support);
+      t_now = monotonic_ns();
+      sh.stats.latency.record((t_now - t0) as u64);
+      let t_mid = t0 + (t_now - t0) / 2;
       let t_rel = sh.rel_ns(t_mid);
-      t_prev = t_now;
       match m {
         Some(m) => {
-          stage.push(t_rel, s.index, &[m.used as f64, m.free as f64, m.reserved as f64]);
+          let reserved = m.reserved.map_or(f64::NAN, |r| r as f64);
+          stage.push(t_rel, s.index, &[m.used as f64, m.free as f64, reserved]);
           let used = (m.total - m.free) as f64;
           for w in watches.iter_mut().filter(|w| w.device == s.index) {
-            w.evaluate(t_mid, t_rel, used, s.total);
+            w.evaluate(t_mid, t_rel, used, m.total as f64);
           }
         }
-        None if s.support.lost => sh.mark_lost(s.slot, t_mid, "nvmlDeviceGetMemoryInfo_v2"),
+        None if s.support.lost => sh.mark_lost(s.slot, t_mid, "nvmlDeviceGetMemoryInfo"),
         None => {}
       }
     }
+    let t_prev = t_now;
 
     if t_prev >= next_cached {
       // Read into the local stage first: NVML calls are never made while holding a lock
@@ -104,7 +111,7 @@ pub fn run(sh: &Shared) {
           continue;
         }
         let t0 = monotonic_ns();
-        let vals: [f64; CACHED_COLS] = read_cached(dev, &mut s.support);
+        let vals: [f64; CACHED_COLS] = read_cached(nvml, dev, &mut s.support);
         if s.support.lost {
           sh.mark_lost(s.slot, t0, "a cached-counter read");
         } else {
@@ -126,7 +133,11 @@ pub fn run(sh: &Shared) {
     ticks += 1;
     sh.stats.ticks.store(ticks, Relaxed);
 
-    if interval > 0 {
+    if live == 0 {
+      // Nothing left to read (every device lost): idle instead of spinning.
+      sh.sleep_interruptible(interval.max(10_000_000));
+      next = monotonic_ns();
+    } else if interval > 0 {
       next += interval;
       let now = monotonic_ns();
       if now > next + CATCH_UP_TICKS * interval {
@@ -139,12 +150,42 @@ pub fn run(sh: &Shared) {
         // rate stays the requested one; counted so late ticks are visible.
         sh.stats.overruns.fetch_add(1, Relaxed);
       } else {
+        if next - now > LONG_SLEEP_NS {
+          // Long intervals sleep on the condvar that stop() signals, so stop() never waits
+          // out a whole interval; the precise clock sleep only covers the last millisecond.
+          sh.sleep_interruptible(next - now - 1_000_000);
+          if sh.stopping() {
+            break;
+          }
+        }
         sleep_until_ns(next);
       }
     }
   }
   flush(sh, &mut stage, &mut slots);
   sh.stats.cpu_ns.store((thread_cpu_ns() - cpu0) as u64, Relaxed);
+}
+
+/// Opens a device for this thread. A device lost since construction is reported as lost; any
+/// other failure as an `eventError`, and the device is left out.
+fn open<'a>(sh: &'a Shared, slot: usize, index: u32) -> Option<Device<'a>> {
+  match sh.nvml.device_by_index(index) {
+    Ok(d) => Some(d),
+    Err(NvmlError::GpuLost) => {
+      sh.mark_lost(slot, monotonic_ns(), "nvmlDeviceGetHandleByIndex");
+      None
+    }
+    Err(e) => {
+      sh.emit(GpuEvent {
+        kind: GpuEventKind::EventError,
+        device: index,
+        timestamp_ns: sh.rel_ns(monotonic_ns()),
+        xid: None,
+        message: format!("GPU {index} could not be opened by the sampler thread ({e}); it is not sampled"),
+      });
+      None
+    }
+  }
 }
 
 fn flush(sh: &Shared, stage: &mut Ring<FAST_COLS>, slots: &mut [Slot]) {

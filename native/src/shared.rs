@@ -28,8 +28,6 @@ pub struct Config {
   pub ring_capacity: usize,
   /// NVML indices, in sampling order.
   pub devices: Vec<u32>,
-  /// Total framebuffer bytes per entry of `devices` (NaN if unknown), for watch fractions.
-  pub totals: Vec<f64>,
   pub events: bool,
 }
 

@@ -1,7 +1,8 @@
 //! Threshold watches evaluated by the sampler thread on every tick.
 //!
-//! Edge-triggered: a watch fires when its condition becomes true and re-arms once it is false
-//! again, so a device sitting above a threshold does not flood the JS thread.
+//! Edge-triggered with hysteresis: a watch fires when its condition becomes true and re-arms
+//! only once the reading is clearly back below (1 % of the fraction, 10 % of the growth rate),
+//! so a device sitting at a threshold, or a noisy rate near it, does not flood the JS thread.
 
 use crate::shared::{AlertFn, WatchSpec};
 use crate::types::{WatchAlert, WatchReason};
@@ -95,8 +96,14 @@ impl WatchState {
     } else {
       None
     };
+    let clear = self.used_fraction.is_none_or(|f| fraction < f * 0.99)
+      && match (self.growth, growth) {
+        (Some(g), Some(r)) => r < g * 0.9,
+        _ => true,
+      };
     match reason {
-      None => self.armed = true,
+      None if clear => self.armed = true,
+      None => {}
       Some(reason) if self.armed => {
         self.armed = false;
         let alert = WatchAlert {

@@ -1,6 +1,12 @@
 import { EventEmitter } from 'node:events'
 import { fromNative, InvalidArgumentError } from '../errors.js'
-import { createNativeSampler, type NativeSampler, type NativeSlowSample, probeNvml } from './native.js'
+import {
+  createNativeSampler,
+  type NativeSampler,
+  type NativeSlowSample,
+  type NativeWatchAlert,
+  probeNvml,
+} from './native.js'
 import type {
   CachedSamples,
   FastSamples,
@@ -109,7 +115,14 @@ export class GpuSampler extends EventEmitter {
     }))
     for (const d of this.#devices)
       this.#latest.set(d.index, emptySnapshot(d.index, 'nvml', d.memoryTotalBytes))
-    this.#native.onEvent((e) => this.#onEvent(normalizeEvent(e)))
+    // The listener lives in native memory as a strong root; through a WeakRef it does not pin
+    // this sampler, so one that is dropped without close() is still collected (and its threads
+    // stopped by the addon's finalizer).
+    const self = new WeakRef(this)
+    this.#native.onEvent((e) => {
+      const sampler = self.deref()
+      if (sampler) sampler.#onEvent(normalizeEvent(e))
+    })
   }
 
   /**
@@ -205,15 +218,8 @@ export class GpuSampler extends EventEmitter {
    */
   watch(options: WatchOptions, callback: (alert: WatchAlert) => void): () => void {
     if (typeof callback !== 'function') throw new InvalidArgumentError('watch: callback must be a function')
-    const id = call(() =>
-      this.#native.watch(options, (a) => {
-        try {
-          callback({ ...a, growthBytesPerSec: a.growthBytesPerSec ?? null })
-        } catch (err) {
-          reportCallbackError('watch callback', err)
-        }
-      }),
-    )
+    const native = this.#native
+    const id = call(() => native.watch(options, guardWatchCallback(callback)))
     return () => {
       if (!this.#closed) this.#native.unwatch(id)
     }
@@ -284,6 +290,21 @@ export class GpuSampler extends EventEmitter {
       if (!s) continue
       const { device: _d, timestampNs: _t, ...values } = row
       Object.assign(s, values)
+    }
+  }
+}
+
+/**
+ * Built outside the class on purpose: the addon holds this function as a strong root, and a
+ * closure created inside a method would keep the method's `this` (the sampler) reachable,
+ * so a sampler dropped without close() could never be collected.
+ */
+function guardWatchCallback(callback: (alert: WatchAlert) => void) {
+  return (a: NativeWatchAlert) => {
+    try {
+      callback({ ...a, growthBytesPerSec: a.growthBytesPerSec ?? null })
+    } catch (err) {
+      reportCallbackError('watch callback', err)
     }
   }
 }

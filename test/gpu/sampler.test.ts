@@ -265,6 +265,57 @@ describe('GpuSampler against the fake libnvidia-ml', () => {
     }
   })
 
+  it('falls back to the v1 memory call on drivers without nvmlDeviceGetMemoryInfo_v2', async () => {
+    const s = sampler('old-driver', { intervalUs: 1_000 }).start()
+    await sleep(100)
+    const { fast } = s.drain()
+    expect(fast.timestampNs.length).toBeGreaterThan(50)
+    // v1 has no reserved field; its `used` includes the reserved part.
+    expect(Number.isNaN(fast.memoryReservedBytes[0]!)).toBe(true)
+    expect(fast.memoryUsedBytes[0]! + fast.memoryFreeBytes[0]!).toBe(34359738368)
+    expect(fast.memoryUsedBytes[0]!).toBeGreaterThan(1e9)
+    expect(s.stats().readErrors).toBe(0)
+    expect(s.snapshot()[0]!.memoryReservedBytes).toBeNull()
+  })
+
+  it('samples a device listed twice only once', async () => {
+    const s = sampler('multi-gpu', { devices: [0, 2, 0] }).start()
+    await sleep(50)
+    s.stop()
+    expect(s.devices().map((d) => d.index)).toEqual([0, 2])
+    const { fast } = s.drain()
+    const perDevice = [0, 2].map((d) => fast.device.filter((x) => x === d).length)
+    expect(perDevice[0]).toBe(perDevice[1])
+  })
+
+  it('stops at once even with a long interval', async () => {
+    const s = sampler('h200', { intervalUs: 10_000_000 }).start()
+    await sleep(30)
+    const t0 = Date.now()
+    s.stop()
+    expect(Date.now() - t0).toBeLessThan(1_000)
+    expect(s.drain().fast.timestampNs.length).toBe(1)
+  })
+
+  it('refuses overlapping or undersized drainInto buffers instead of crashing', () => {
+    useScenario('h200')
+    const raw = new (loadBinding().GpuSampler)({ intervalUs: 1_000, libraryPath: fakeNvmlPath })
+    try {
+      const shared = new Float64Array(64)
+      const n = new Uint32Array(3)
+      expect(() =>
+        raw.drainInto(shared, new Uint32Array(4), shared.subarray(20), new Uint32Array(2), n),
+      ).toThrow('drainInto: the five buffers must not overlap')
+      expect(() =>
+        raw.drainInto(new Float64Array(3), new Uint32Array(4), new Float64Array(0), new Uint32Array(0), n),
+      ).toThrow('drainInto: buffers are smaller than their device columns imply')
+      raw.drainInto(new Float64Array(0), new Uint32Array(0), new Float64Array(0), new Uint32Array(0), n)
+      expect([...n]).toEqual([0, 0, 0])
+    } finally {
+      raw.close()
+    }
+  })
+
   it('counts rows dropped when nobody drains in time, keeping the newest', async () => {
     const s = sampler('h200', { intervalUs: 1_000, ringCapacity: 16 }).start()
     await sleep(150)
@@ -396,5 +447,32 @@ describe('GpuSampler and the process lifetime', () => {
     })
     expect(stdout.trim()).toBe('ticks true')
     expect(Date.now() - started).toBeLessThan(8_000)
+  })
+
+  it('stops its threads when dropped without close() and collected', async () => {
+    // Runs the built package (npm install builds dist/) in a child with --expose-gc.
+    const script = `
+      import { readdirSync, readFileSync } from 'node:fs'
+      const { createGpuSampler } = await import(${JSON.stringify(join(import.meta.dirname, '../../dist/index.js'))})
+      const threads = () => readdirSync('/proc/self/task')
+        .map((t) => { try { return readFileSync('/proc/self/task/' + t + '/comm', 'utf8').trim() } catch { return '' } })
+        .filter((n) => n.startsWith('vllm-mon')).length
+      ;(() => {
+        const s = createGpuSampler({ libraryPath: ${JSON.stringify(fakeNvmlPath)} })
+        s.on('xid', () => {})
+        s.watch({ device: 0, memoryUsedFraction: 0.99 }, () => {})
+        s.start()
+      })()
+      await new Promise((r) => setTimeout(r, 100))
+      const before = threads()
+      for (let i = 0; i < 20 && threads() > 0; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 50)) }
+      console.log(JSON.stringify({ before, after: threads() }))
+    `
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['--expose-gc', '--input-type=module', '-e', script],
+      { env: { ...process.env, FAKE_NVML_SCENARIO: useScenario('h200') }, timeout: 15_000 },
+    )
+    expect(JSON.parse(stdout)).toEqual({ before: 3, after: 0 })
   })
 })
