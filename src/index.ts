@@ -21,7 +21,8 @@ export {
   type NvidiaSmiPollerOptions,
   queryNvidiaSmi,
 } from './gpu/nvidia-smi.js'
-export { createGpuSampler, GpuSampler, type GpuSamplerOptions, SampleBuffer } from './gpu/sampler.js'
+export { SampleBuffer } from './gpu/sample-buffer.js'
+export { createGpuSampler, GpuSampler, type GpuSamplerOptions } from './gpu/sampler.js'
 export {
   GpuSource,
   type GpuSourceMode,

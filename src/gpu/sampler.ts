@@ -1,15 +1,9 @@
 import { EventEmitter } from 'node:events'
 import { fromNative, InvalidArgumentError } from '../errors.js'
-import {
-  createNativeSampler,
-  type NativeSampler,
-  type NativeSlowSample,
-  type NativeWatchAlert,
-  probeNvml,
-} from './native.js'
+import { guardWatchCallback, normalizeEvent, normalizeSlow } from './convert.js'
+import { createNativeSampler, type NativeSampler, probeNvml } from './native.js'
+import { kBuffers, type SampleBuffer } from './sample-buffer.js'
 import type {
-  CachedSamples,
-  FastSamples,
   GpuDeviceInfo,
   GpuEvent,
   GpuSamplerStats,
@@ -294,109 +288,7 @@ export class GpuSampler extends EventEmitter {
   }
 }
 
-/**
- * Built outside the class on purpose: the addon holds this function as a strong root, and a
- * closure created inside a method would keep the method's `this` (the sampler) reachable,
- * so a sampler dropped without close() could never be collected.
- */
-function guardWatchCallback(callback: (alert: WatchAlert) => void) {
-  return (a: NativeWatchAlert) => {
-    try {
-      callback({ ...a, growthBytesPerSec: a.growthBytesPerSec ?? null })
-    } catch (err) {
-      reportCallbackError('watch callback', err)
-    }
-  }
-}
-
-function normalizeEvent(e: {
-  kind: GpuEvent['kind']
-  device: number
-  timestampNs: number
-  xid?: number | null
-  message: string
-}): GpuEvent {
-  return {
-    kind: e.kind,
-    device: e.device,
-    timestampNs: e.timestampNs,
-    xid: e.xid ?? null,
-    message: e.message,
-  }
-}
-
-function normalizeSlow(s: NativeSlowSample): SlowSample {
-  return {
-    device: s.device,
-    timestampNs: s.timestampNs,
-    pcieTxBytesPerSec: s.pcieTxBytesPerSec ?? null,
-    pcieRxBytesPerSec: s.pcieRxBytesPerSec ?? null,
-    eccCorrectedVolatile: s.eccCorrectedVolatile ?? null,
-    eccUncorrectedVolatile: s.eccUncorrectedVolatile ?? null,
-    remappedRowsCorrectable: s.remappedRowsCorrectable ?? null,
-    remappedRowsUncorrectable: s.remappedRowsUncorrectable ?? null,
-    remappedRowsPending: s.remappedRowsPending ?? null,
-    remappedRowsFailure: s.remappedRowsFailure ?? null,
-    retiredPagesSingleBit: s.retiredPagesSingleBit ?? null,
-    retiredPagesDoubleBit: s.retiredPagesDoubleBit ?? null,
-    energyMillijoules: s.energyMillijoules ?? null,
-    processes: s.processes?.map((p) => ({ pid: p.pid, usedMemoryBytes: p.usedMemoryBytes ?? null })) ?? null,
-  }
-}
-
-const kBuffers = Symbol('vllm-monitor.sampleBuffers')
 const kNone: never[] = []
-const kFastFields = ['timestampNs', 'memoryUsedBytes', 'memoryFreeBytes', 'memoryReservedBytes'] as const
-const kCachedFields = [
-  'timestampNs',
-  'gpuUtilizationPercent',
-  'memoryUtilizationPercent',
-  'temperatureCelsius',
-  'powerMilliwatts',
-  'smClockMhz',
-  'memoryClockMhz',
-  'clockEventReasons',
-  'performanceState',
-] as const
-
-/**
- * Preallocated columns for `GpuSampler.drainInto`. Each field is a view of `capacity` entries;
- * only the first `fastRows` / `cachedRows` of them hold the last drain's rows.
- */
-export class SampleBuffer {
-  readonly capacity: number
-  readonly fast: FastSamples
-  readonly cached: CachedSamples
-  fastRows = 0
-  cachedRows = 0
-  readonly [kBuffers]: {
-    fastValues: Float64Array
-    fastDevices: Uint32Array
-    cachedValues: Float64Array
-    cachedDevices: Uint32Array
-    counts: Uint32Array
-  }
-
-  constructor(capacity = 65_536) {
-    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 24)
-      throw new InvalidArgumentError('SampleBuffer capacity must be an integer between 1 and 16777216')
-    this.capacity = capacity
-    const fastValues = new Float64Array(capacity * kFastFields.length)
-    const cachedValues = new Float64Array(capacity * kCachedFields.length)
-    const fastDevices = new Uint32Array(capacity)
-    const cachedDevices = new Uint32Array(capacity)
-    const view = (buf: Float64Array, k: number) => buf.subarray(k * capacity, (k + 1) * capacity)
-    this.fast = Object.fromEntries([
-      ...kFastFields.map((f, k) => [f, view(fastValues, k)]),
-      ['device', fastDevices],
-    ]) as unknown as FastSamples
-    this.cached = Object.fromEntries([
-      ...kCachedFields.map((f, k) => [f, view(cachedValues, k)]),
-      ['device', cachedDevices],
-    ]) as unknown as CachedSamples
-    this[kBuffers] = { fastValues, fastDevices, cachedValues, cachedDevices, counts: new Uint32Array(3) }
-  }
-}
 
 /** Opens NVML and the given devices; throws a typed error when NVML cannot be used. */
 export function createGpuSampler(options: GpuSamplerOptions = {}): GpuSampler {

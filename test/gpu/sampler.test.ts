@@ -11,7 +11,8 @@ import {
   VllmMonitorError,
 } from '../../src/errors.js'
 import { loadBinding, probeNvml } from '../../src/gpu/native.js'
-import { createGpuSampler, GpuSampler, SampleBuffer } from '../../src/gpu/sampler.js'
+import { SampleBuffer } from '../../src/gpu/sample-buffer.js'
+import { createGpuSampler, GpuSampler } from '../../src/gpu/sampler.js'
 import type { GpuEvent, WatchAlert } from '../../src/gpu/types.js'
 import { fakeNvmlPath, sleep, useScenario, waitFor } from '../helpers/fake-nvml.js'
 
