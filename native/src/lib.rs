@@ -3,6 +3,7 @@
 
 mod baseline;
 mod clock;
+mod control;
 mod error;
 mod events;
 mod gpu_sampler;
