@@ -69,10 +69,6 @@ impl<const C: usize> Ring<C> {
     self.len
   }
 
-  pub fn is_full(&self) -> bool {
-    self.len == self.cap
-  }
-
   pub fn capacity(&self) -> usize {
     self.cap
   }

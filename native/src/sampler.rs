@@ -2,7 +2,7 @@
 //! interval is due, watches evaluated on every sample.
 //!
 //! Nothing on this loop allocates or logs: rows go into a thread-local staging ring that is
-//! appended to the shared ring under its lock at most once a millisecond (or when full), so
+//! appended to the shared ring under its lock once a millisecond (sooner if a tick might not fit), so
 //! `drain()` on the JS thread and the loop rarely touch the same lock.
 
 use crate::clock::{monotonic_ns, set_timer_slack_ns, sleep_until_ns, thread_cpu_ns};
@@ -74,7 +74,7 @@ pub fn run(sh: &Shared) {
       flush(sh, &mut stage, &mut slots);
     }
     let mut live = 0;
-    let mut t_now = monotonic_ns();
+    let mut t_now = 0;
     for s in slots.iter_mut() {
       let Some(dev) = s.dev.as_ref() else { continue };
       if s.support.lost || sh.lost[s.slot].load(Relaxed) {
@@ -100,7 +100,8 @@ pub fn run(sh: &Shared) {
         None => {}
       }
     }
-    let t_prev = t_now;
+    // The last read's end time doubles as "now" for the rest of the tick.
+    let t_prev = if live > 0 { t_now } else { monotonic_ns() };
 
     if t_prev >= next_cached {
       // Read into the local stage first: NVML calls are never made while holding a lock
@@ -125,7 +126,7 @@ pub fn run(sh: &Shared) {
       }
     }
 
-    if stage.is_full() || t_prev - last_flush >= FLUSH_NS {
+    if t_prev - last_flush >= FLUSH_NS {
       flush(sh, &mut stage, &mut slots);
       last_flush = t_prev;
       sh.stats.cpu_ns.store((thread_cpu_ns() - cpu0) as u64, Relaxed);
