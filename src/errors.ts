@@ -18,6 +18,14 @@ export const ErrorCodes = {
   INVALID_ARG: 'VLLM_MONITOR_INVALID_ARG',
   SAMPLER_CLOSED: 'VLLM_MONITOR_SAMPLER_CLOSED',
   NVIDIA_SMI_FAILED: 'VLLM_MONITOR_NVIDIA_SMI_FAILED',
+  INVALID_OPTION: 'VLLM_MONITOR_INVALID_OPTION',
+  INVALID_ENV: 'VLLM_MONITOR_INVALID_ENV',
+  ILLEGAL_TRANSITION: 'VLLM_MONITOR_ILLEGAL_TRANSITION',
+  TRACE_PARSE: 'VLLM_MONITOR_TRACE_PARSE',
+  SCRAPE_FAILED: 'VLLM_MONITOR_SCRAPE_FAILED',
+  SIM_INVALID_SCENARIO: 'VLLM_MONITOR_SIM_INVALID_SCENARIO',
+  MONITOR_CLOSED: 'VLLM_MONITOR_CLOSED',
+  PLUGIN_FAILED: 'VLLM_MONITOR_PLUGIN_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]
@@ -83,6 +91,31 @@ export const SamplerClosedError = defineError('SamplerClosedError', ErrorCodes.S
 export type SamplerClosedError = InstanceType<typeof SamplerClosedError>
 export const NvidiaSmiError = defineError('NvidiaSmiError', ErrorCodes.NVIDIA_SMI_FAILED)
 export type NvidiaSmiError = InstanceType<typeof NvidiaSmiError>
+
+/** A monitor option is missing, of the wrong type or out of range; the message names it. */
+export const InvalidOptionError = defineError('InvalidOptionError', ErrorCodes.INVALID_OPTION)
+export type InvalidOptionError = InstanceType<typeof InvalidOptionError>
+/** An environment variable holds a value the monitor does not accept; the message names both. */
+export const InvalidEnvError = defineError('InvalidEnvError', ErrorCodes.INVALID_ENV)
+export type InvalidEnvError = InstanceType<typeof InvalidEnvError>
+/** A lifecycle transition that vLLM cannot make (e.g. NOT_STARTED -> SERVING). */
+export const IllegalTransitionError = defineError('IllegalTransitionError', ErrorCodes.ILLEGAL_TRANSITION)
+export type IllegalTransitionError = InstanceType<typeof IllegalTransitionError>
+/** A trace file line that is not a valid record; `line` is 1-based. */
+export const TraceParseError = defineError('TraceParseError', ErrorCodes.TRACE_PARSE)
+export type TraceParseError = InstanceType<typeof TraceParseError>
+/** A `/metrics` or `/health` request failed or returned something unusable. */
+export const ScrapeError = defineError('ScrapeError', ErrorCodes.SCRAPE_FAILED)
+export type ScrapeError = InstanceType<typeof ScrapeError>
+/** A simulator scenario or option that cannot be run; the message names the field. */
+export const SimScenarioError = defineError('SimScenarioError', ErrorCodes.SIM_INVALID_SCENARIO)
+export type SimScenarioError = InstanceType<typeof SimScenarioError>
+/** A method was called on a monitor after `close()`. */
+export const MonitorClosedError = defineError('MonitorClosedError', ErrorCodes.MONITOR_CLOSED)
+export type MonitorClosedError = InstanceType<typeof MonitorClosedError>
+/** A plugin threw; the monitor reports it and carries on. */
+export const PluginError = defineError('PluginError', ErrorCodes.PLUGIN_FAILED)
+export type PluginError = InstanceType<typeof PluginError>
 
 const byCode: Record<string, new (m: string, o?: ErrorOptions) => VllmMonitorError> = {
   [ErrorCodes.NVML_NOT_FOUND]: NvmlNotFoundError,

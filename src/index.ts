@@ -4,16 +4,28 @@ export {
   ErrorCodes,
   GpuLostError,
   GpuNotFoundError,
+  IllegalTransitionError,
   InvalidArgumentError,
+  InvalidEnvError,
+  InvalidOptionError,
+  MonitorClosedError,
   NvidiaSmiError,
   NvmlDriverNotLoadedError,
   NvmlError,
   NvmlInitError,
   NvmlNoPermissionError,
   NvmlNotFoundError,
+  PluginError,
   SamplerClosedError,
+  ScrapeError,
+  SimScenarioError,
+  TraceParseError,
   VllmMonitorError,
 } from './errors.js'
+export { type HttpSurface, type HttpSurfaceOptions, startHttpSurface } from './export/http.js'
+export { EXPORT_FORMAT, EXPORT_VERSION, type MonitorExport, toExportJson } from './export/json.js'
+export { MetricNames, MonitorMetrics, type MonitorMetricsOptions } from './export/registry.js'
+export { writePrometheusTextfile } from './export/textfile.js'
 export { addonAvailable, probeNvml } from './gpu/native.js'
 export {
   type NvidiaSmiOptions,
@@ -21,6 +33,7 @@ export {
   type NvidiaSmiPollerOptions,
   queryNvidiaSmi,
 } from './gpu/nvidia-smi.js'
+export { GpuReadingSource, type GpuReadingSourceOptions } from './gpu/reading-source.js'
 export { SampleBuffer } from './gpu/sample-buffer.js'
 export { createGpuSampler, GpuSampler, type GpuSamplerOptions } from './gpu/sampler.js'
 export {
@@ -45,3 +58,69 @@ export {
   type WatchAlert,
   type WatchOptions,
 } from './gpu/types.js'
+export {
+  isLegalTransition,
+  LEGAL_TRANSITIONS,
+  LIFECYCLE_STATES,
+  LifecycleMachine,
+  type LifecycleMachineOptions,
+} from './lifecycle/machine.js'
+export { rollUpStates } from './lifecycle/rollup.js'
+export { MonitorCore, type MonitorCoreOptions } from './monitor/core.js'
+export {
+  createMonitor,
+  type MonitorEvents,
+  VLLMEngineMonitor,
+  VLLMEngineMonitor as VllmEngineMonitor,
+} from './monitor/monitor.js'
+export { ENV_VARS, type MonitorOptions, optionsFromEnv, resolveOptions } from './monitor/options.js'
+export { type ReplayOptions, replayCheckpoints } from './monitor/replay.js'
+export type { MonitorStatus, ReplicaStatus } from './monitor/status.js'
+export {
+  type Arrival,
+  type ArrivalSource,
+  burstArrivals,
+  defaultTracePath,
+  diurnalArrivals,
+  loadTraceCsv,
+  mergeArrivals,
+  poissonArrivals,
+  surge,
+  traceArrivals,
+} from './sim/arrivals.js'
+export { FAULT_TYPES, type FaultSpec, type FaultSpecInput } from './sim/faults.js'
+export { type FleetOptions, SimFleet } from './sim/fleet.js'
+export { SimGpuSource, type SimGpuSourceOptions } from './sim/gpu-source.js'
+export { GPUS, type GpuProfile, MODELS, type ModelProfile } from './sim/hardware.js'
+export { createRng, Rng } from './sim/random.js'
+export { runSimulation, type SimulationOptions, writeSimulationTrace } from './sim/run.js'
+export { SCENARIO_NAMES, type Scenario, scenario } from './sim/scenarios.js'
+export { SimServer, type SimServerOptions } from './sim/server.js'
+export { engineKey, gpuKey, Series, TelemetryStore, type TelemetryStoreOptions } from './telemetry/store.js'
+export type {
+  Checkpoint,
+  Detector,
+  EngineDerived,
+  EngineReading,
+  EngineSnapshot,
+  FaultLabel,
+  FaultType,
+  GpuReading,
+  LifecycleState,
+  MonitorEvent,
+  MonitorPlugin,
+  Prediction,
+  Strategy,
+  TelemetryRecord,
+  TelemetrySource,
+  TimedEvent,
+  Transition,
+} from './telemetry/types.js'
+export { TRACE_FORMAT, TRACE_VERSION, type TraceHeader } from './trace/format.js'
+export { readTrace, readTraceHeader } from './trace/reader.js'
+export { createTraceWriter, TraceWriter } from './trace/writer.js'
+export { readEngineMetrics } from './vllm/engine-metrics.js'
+export { parseExposition } from './vllm/exposition.js'
+export { classifyLogLine, parseLogLine } from './vllm/log-lines.js'
+export { LogLineSource } from './vllm/log-source.js'
+export { fetchExposition, HttpScrapeSource, scrapeOnce } from './vllm/scraper.js'

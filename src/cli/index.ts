@@ -1,21 +1,127 @@
 #!/usr/bin/env node
-import { InvalidArgumentError as CliArgError, Command } from 'commander'
+import { InvalidArgumentError as CliArgError, Command, Option } from 'commander'
 import { VllmMonitorError } from '../errors.js'
 import { openGpuSource } from '../gpu/source.js'
+import { SCENARIO_NAMES } from '../sim/scenarios.js'
+import { runDemo } from './demo.js'
+import { runRecord } from './record.js'
 import { renderGpuTable } from './render.js'
+import { runReplay } from './replay.js'
+import { runSim } from './sim.js'
 
 const int = (name: string) => (v: string) => {
   const n = Number(v)
   if (!Number.isInteger(n) || n < 0) throw new CliArgError(`${name} must be a non-negative integer`)
   return n
 }
+const positive = (name: string) => (v: string) => {
+  const n = Number(v)
+  if (!Number.isFinite(n) || n <= 0) throw new CliArgError(`${name} must be a positive number`)
+  return n
+}
+const scenarioOption = (fallback: string) =>
+  new Option('--scenario <name>', 'simulated scenario').choices([...SCENARIO_NAMES]).default(fallback)
 
 const program = new Command()
   .name('vllm-monitor')
   .description('Watches vLLM servers and their GPUs; predicts and mitigates failures.')
 
 program
-  .command('gpu', { isDefault: true })
+  .command('demo', { isDefault: true })
+  .description('watch a simulated two-replica vLLM fleet through a scripted incident (no GPU needed)')
+  .option('--duration <s>', 'seconds to run', positive('--duration'), 60)
+  .option('--json', 'print one JSON status line per second instead of the live view')
+  .option('--plain', 'print transitions and events as lines instead of the live view')
+  .option('--seed <n>', 'simulator seed', int('--seed'), 1)
+  .option('--speed <x>', 'simulated seconds per wall second', positive('--speed'), 4)
+  .option('--no-real-gpu', 'use the simulated GPUs even where NVML is present')
+  .addOption(scenarioOption('demo'))
+  .action(async (o) => {
+    process.exitCode = await runDemo({
+      durationSec: o.duration,
+      json: o.json === true,
+      plain: o.plain === true,
+      seed: o.seed,
+      speed: o.speed,
+      scenario: o.scenario,
+      realGpu: o.realGpu !== false,
+    })
+  })
+
+program
+  .command('sim')
+  .description('serve a simulated vLLM fleet over HTTP on loopback (or write a trace with --fast --trace)')
+  .option('--replicas <n>', "number of replicas (default: the scenario's)", int('--replicas'))
+  .option('--port <port>', 'first replica port (0 = any free port)', int('--port'), 8000)
+  .option('--control-port <port>', 'control port for /sim/* (0 = any free port)', int('--control-port'), 0)
+  .option('--host <host>', 'address to bind', '127.0.0.1')
+  .addOption(scenarioOption('steady'))
+  .option('--speed <x>', 'simulated seconds per wall second', positive('--speed'), 1)
+  .option('--seed <n>', 'simulator seed', int('--seed'), 1)
+  .addOption(new Option('--metrics <gen>', 'metric names to expose').choices(['v1', 'v0']).default('v1'))
+  .option('--log-dir <dir>', "write each replica's log to DIR/<replica>.log instead of stdout")
+  .option('--quiet', 'do not print log lines')
+  .option('--duration <s>', 'stop after this many seconds (simulated with --fast)', positive('--duration'))
+  .option('--trace <file>', 'with --fast: write the run as a trace (JSON Lines; .gz to compress)')
+  .option('--fast', 'run in-process as fast as possible instead of serving')
+  .action(async (o) => {
+    process.exitCode = await runSim({
+      replicas: o.replicas,
+      port: o.port,
+      controlPort: o.controlPort,
+      host: o.host,
+      scenario: o.scenario,
+      speed: o.speed,
+      seed: o.seed,
+      metrics: o.metrics,
+      logDir: o.logDir,
+      quiet: o.quiet === true,
+      durationSec: o.duration,
+      trace: o.trace,
+      fast: o.fast === true,
+    })
+  })
+
+program
+  .command('record')
+  .description('watch vLLM servers and write everything the monitor receives to a trace file')
+  .requiredOption('--url <url...>', 'vLLM server base URL(s)')
+  .requiredOption('--out <file>', 'trace file (JSON Lines; .gz to compress)')
+  .option('--duration <s>', 'stop after this many seconds', positive('--duration'))
+  .option('--gpu <mode>', "GPU source: auto, nvml, nvidia-smi, none, or a simulator's control URL", 'auto')
+  .option('--scrape-interval-ms <ms>', 'scrape period', int('--scrape-interval-ms'), 100)
+  .action(async (o) => {
+    process.exitCode = await runRecord({
+      urls: o.url,
+      out: o.out,
+      durationSec: o.duration,
+      gpu: o.gpu,
+      scrapeIntervalMs: o.scrapeIntervalMs,
+    })
+  })
+
+program
+  .command('replay')
+  .description('replay a trace through a fresh monitor and print what it concludes')
+  .argument('<file>', 'trace file written by `record` or `sim --fast --trace`')
+  .option(
+    '--speed <x>',
+    'pace at x times the recorded time (default: as fast as possible)',
+    positive('--speed'),
+  )
+  .option('--json', 'print every checkpoint as a JSON line')
+  .option('--lenient', 'skip malformed lines instead of stopping at the first')
+  .action(async (file: string, o) => {
+    process.exitCode = await runReplay({
+      file,
+      speed: o.speed,
+      json: o.json === true,
+      lenient: o.lenient === true,
+    })
+  })
+
+program
+  .command('gpu')
   .description('show the GPUs through the fastest source available (native NVML, else nvidia-smi)')
   .option('--once', 'print one reading and exit')
   .option('--json', 'print JSON instead of a table')
@@ -56,5 +162,6 @@ program.parseAsync().catch((err: unknown) => {
     process.exitCode = 1
     return
   }
-  throw err
+  console.error(`vllm-monitor: ${(err as Error)?.message ?? String(err)}`)
+  process.exitCode = 1
 })

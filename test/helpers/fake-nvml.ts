@@ -13,9 +13,14 @@ export function useScenario(name: string): string {
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Polls `cond` until it is true or `timeoutMs` passes. */
-export async function waitFor(cond: () => boolean, timeoutMs = 3_000, stepMs = 10): Promise<void> {
+/** Polls `cond` (sync or async) until it holds; throws after `timeoutMs`. */
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs = 3_000,
+  stepMs = 10,
+): Promise<void> {
   const end = Date.now() + timeoutMs
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms`)
     await sleep(stepMs)
   }

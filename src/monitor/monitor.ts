@@ -1,0 +1,396 @@
+/**
+ * The monitor facade: `createMonitor(options)` wires sources (vLLM scrape, GPU, logs, whatever the
+ * host adds) into the deterministic core, takes a checkpoint every `checkpointIntervalMs`, keeps the
+ * HTTP surface and the recorder fed, and never throws into the host after construction: a failing
+ * source, plugin or exporter becomes an entry in `errors` and an `'error'` event.
+ */
+import { EventEmitter } from 'node:events'
+import { MonitorClosedError } from '../errors.js'
+import { startHttpSurface } from '../export/http.js'
+import { toExportJson } from '../export/json.js'
+import { MonitorMetrics } from '../export/registry.js'
+import { writePrometheusTextfile } from '../export/textfile.js'
+import { GpuReadingSource } from '../gpu/reading-source.js'
+import { SimGpuSource } from '../sim/gpu-source.js'
+import type {
+  Checkpoint,
+  TelemetryRecord,
+  TelemetrySource,
+  TimedEvent,
+  Transition,
+} from '../telemetry/types.js'
+import { TraceWriter } from '../trace/writer.js'
+import { LogLineSource } from '../vllm/log-source.js'
+import { HttpScrapeSource } from '../vllm/scraper.js'
+import { MonitorCore } from './core.js'
+import { type MonitorOptions, type ResolvedMonitorOptions, resolveOptions } from './options.js'
+import type { MonitorStatus, ReplicaStatus } from './status.js'
+
+export interface MonitorEvents {
+  checkpoint: [Checkpoint]
+  transition: [string, Transition]
+  event: [TimedEvent]
+  error: [Error]
+}
+
+export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
+  readonly options: ResolvedMonitorOptions
+  readonly core: MonitorCore
+  /** Resolves once the HTTP surface listens (or at once without one); never rejects. */
+  readonly ready: Promise<void>
+  /** The HTTP surface's base URL, once listening. */
+  url: string | null = null
+  private readonly now: () => number
+  private readonly startWall = performance.now()
+  private readonly sources: TelemetrySource[] = []
+  private readonly logs: LogLineSource
+  private readonly metrics: MonitorMetrics
+  private readonly replicaUrls = new Map<string, string>()
+  private timer: NodeJS.Timeout | null = null
+  private writer: TraceWriter | null = null
+  private http: { close(): Promise<void> } | null = null
+  private closed = false
+  private active: boolean
+
+  constructor(options: MonitorOptions = {}) {
+    super()
+    this.options = resolveOptions(options)
+    const o = this.options
+    this.now = o.now ?? (() => performance.now() - this.startWall)
+    this.active = o.enabled
+    if (o.record !== undefined && o.enabled) {
+      this.writer = new TraceWriter(o.record, {
+        header: {
+          source: 'record',
+          replicas: o.replicas.map((r, i) =>
+            typeof r === 'string' ? { name: `r${i}`, url: r } : { name: r.name ?? `r${i}`, url: r.url },
+          ),
+          meta: {
+            checkpointIntervalMs: o.checkpointIntervalMs,
+            hangAfterMs: o.hangAfterMs,
+            recoverAfterMs: o.recoverAfterMs,
+            kvPressureThreshold: o.kvPressureThreshold,
+          },
+        },
+      })
+    }
+    const writer = this.writer
+    this.core = new MonitorCore({
+      checkpointIntervalMs: o.checkpointIntervalMs,
+      hangAfterMs: o.hangAfterMs,
+      recoverAfterMs: o.recoverAfterMs,
+      kvPressureThreshold: o.kvPressureThreshold,
+      detectors: o.detectors,
+      plugins: o.plugins,
+      onRecord: writer === null ? undefined : (r) => writer.write(r),
+      onTransition: (replica, tr) => this.safeEmit('transition', replica, tr),
+      onEvent: (e) => this.safeEmit('event', e),
+    })
+    this.metrics = new MonitorMetrics()
+    this.logs = new LogLineSource(this.now)
+    if (!o.enabled) {
+      this.ready = Promise.resolve()
+      return
+    }
+    const scrape = o.replicas.map((r, i) =>
+      typeof r === 'string' ? { name: `r${i}`, url: r } : { name: r.name ?? `r${i}`, url: r.url },
+    )
+    for (const r of scrape) {
+      this.replicaUrls.set(r.name, r.url)
+      this.core.addReplica(r.name)
+    }
+    if (scrape.length > 0) {
+      this.sources.push(
+        new HttpScrapeSource({
+          replicas: scrape,
+          intervalMs: o.scrapeIntervalMs,
+          timeoutMs: o.scrapeTimeoutMs,
+          now: this.now,
+        }),
+      )
+    }
+    const gpu = o.gpu
+    if (typeof gpu === 'object') {
+      this.sources.push(
+        new SimGpuSource({
+          controlUrl: gpu.simUrl,
+          intervalMs: o.gpuIntervalMs,
+          now: this.now,
+          onError: (err) =>
+            this.reportError('VLLM_MONITOR_GPU_SOURCE_FAILED', `simulated GPU poll failed: ${err.message}`),
+        }),
+      )
+    } else if (gpu !== 'none') {
+      try {
+        this.sources.push(new GpuReadingSource({ mode: gpu, intervalMs: o.gpuIntervalMs, now: this.now }))
+      } catch (err) {
+        this.reportError(
+          (err as { code?: string }).code ?? 'VLLM_MONITOR_GPU_SOURCE_FAILED',
+          `GPU source unavailable: ${(err as Error).message}`,
+        )
+      }
+    }
+    this.sources.push(this.logs, ...o.sources)
+    const push = (record: TelemetryRecord) => this.push(record)
+    for (const s of this.sources) {
+      try {
+        const started = s.start(push)
+        if (started instanceof Promise) {
+          started.catch((err: unknown) =>
+            this.reportError(
+              'VLLM_MONITOR_SOURCE_FAILED',
+              `source ${s.name} failed to start: ${(err as Error).message}`,
+            ),
+          )
+        }
+      } catch (err) {
+        this.reportError(
+          'VLLM_MONITOR_SOURCE_FAILED',
+          `source ${s.name} failed to start: ${(err as Error).message}`,
+        )
+      }
+    }
+    this.timer = setInterval(() => this.tick(), o.checkpointIntervalMs)
+    this.timer.unref()
+    this.ready = this.startHttp()
+  }
+
+  /** Adds a record from outside (a custom source, a replay). */
+  push(record: TelemetryRecord): void {
+    if (this.closed || !this.active) return
+    this.core.push(record)
+  }
+
+  /** Feeds one log line printed by a replica (supervised process, tailed file, simulator). */
+  logLine(replica: string, line: string): void {
+    if (this.closed || !this.active) return
+    this.logs.line(replica, line)
+  }
+
+  /** The newest checkpoint (taken every `checkpointIntervalMs`). */
+  getCheckpoint(): Checkpoint | null {
+    return this.core.checkpoint
+  }
+
+  getStatus(): MonitorStatus {
+    return statusOf(this.core, this.core.checkpoint, {
+      monitorActive: this.active && !this.closed,
+      predictive: this.options.predictive,
+      learning: this.options.learning,
+      autoMitigate: this.options.autoMitigate,
+      uptimeMs: this.now(),
+      urls: this.replicaUrls,
+    })
+  }
+
+  /** The same as `getStatus()`; the name vLLM-side integrations expect. */
+  getEngineStatus(): MonitorStatus {
+    return this.getStatus()
+  }
+
+  /** Everything the monitor knows, JSON-safe: status, the newest checkpoint, lifecycle histories. */
+  exportData(): ReturnType<typeof toExportJson> {
+    const cp = this.core.checkpoint ?? this.core.tick(this.now())
+    const transitions: Record<string, Transition[]> = {}
+    for (const name of this.core.replicaNames()) transitions[name] = this.core.history(name)
+    return toExportJson({ exportedAt: new Date(), status: this.getStatus(), checkpoint: cp, transitions })
+  }
+
+  /** Writes the metrics to `path` (node_exporter textfile collector: `*.prom`, atomic rename). */
+  async exportPrometheus(path: string): Promise<void> {
+    if (this.closed) throw new MonitorClosedError('exportPrometheus() called after close()')
+    await writePrometheusTextfile(path, await this.metricsText())
+  }
+
+  /** The Prometheus exposition of the monitor's own metrics. */
+  async metricsText(): Promise<string> {
+    const cp = this.core.checkpoint
+    if (cp !== null) this.metrics.update(cp, this.getStatus())
+    return this.metrics.metrics()
+  }
+
+  /** Lifecycle history of one replica. */
+  history(replica: string): Transition[] {
+    return this.core.history(replica)
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    if (this.timer !== null) clearInterval(this.timer)
+    // Apply (and record) what the sources delivered since the last checkpoint.
+    if (this.active) this.tick()
+    this.closed = true
+    for (const s of this.sources) {
+      try {
+        await s.stop()
+      } catch (err) {
+        this.reportError(
+          'VLLM_MONITOR_SOURCE_FAILED',
+          `source ${s.name} failed to stop: ${(err as Error).message}`,
+        )
+      }
+    }
+    for (const p of this.options.plugins) {
+      try {
+        await p.close?.()
+      } catch (err) {
+        this.reportError(
+          'VLLM_MONITOR_PLUGIN_FAILED',
+          `plugin ${p.name} failed to close: ${(err as Error).message}`,
+        )
+      }
+    }
+    await this.http?.close()
+    await this.writer?.close()
+  }
+
+  private tick(): void {
+    if (this.closed) return
+    try {
+      const now = this.now()
+      const step = this.options.checkpointIntervalMs
+      // Take every grid point up to now, so a late timer does not skip one (replays tick each).
+      // The grid starts at 0 so a replay of the recorded trace ticks at the same instants.
+      let next = this.core.lastTick === Number.NEGATIVE_INFINITY ? 0 : this.core.lastTick + step
+      let cp: Checkpoint | null = null
+      let guard = 0
+      while (next <= now && guard++ < 10_000) {
+        cp = this.core.tick(next)
+        next += step
+      }
+      if (cp !== null) this.safeEmit('checkpoint', cp)
+    } catch (err) {
+      this.reportError(
+        'VLLM_MONITOR_TICK_FAILED',
+        `checkpoint failed: ${(err as Error).stack ?? String(err)}`,
+      )
+    }
+  }
+
+  private async startHttp(): Promise<void> {
+    const http = this.options.http
+    if (http === false) return
+    try {
+      const surface = await startHttpSurface({
+        host: http.host,
+        port: http.port,
+        metrics: { metrics: () => this.metricsText(), contentType: this.metrics.contentType },
+        getStatus: () => this.getStatus(),
+        exportData: () => this.exportData(),
+        onError: (err) => this.reportError('VLLM_MONITOR_HTTP_FAILED', err.message),
+      })
+      if (this.closed) {
+        await surface.close()
+        return
+      }
+      this.http = surface
+      this.url = surface.url
+    } catch (err) {
+      this.reportError('VLLM_MONITOR_HTTP_FAILED', `HTTP surface not started: ${(err as Error).message}`)
+    }
+  }
+
+  private reportError(code: string, message: string): void {
+    if (!this.closed && this.active) {
+      this.core.push({
+        t: this.now(),
+        kind: 'event',
+        type: 'monitor-error',
+        severity: 'warning',
+        replica: null,
+        gpu: null,
+        message,
+        data: { code },
+      })
+    } else this.core.error(this.now(), code, message)
+    if (this.listenerCount('error') > 0) {
+      const err = Object.assign(new Error(message), { code })
+      this.safeEmit('error', err)
+    }
+  }
+
+  private safeEmit<K extends keyof MonitorEvents>(name: K, ...args: MonitorEvents[K]): void {
+    try {
+      ;(this.emit as (n: string, ...a: unknown[]) => boolean)(name, ...args)
+    } catch (err) {
+      process.emitWarning(
+        `vllm-monitor: a '${String(name)}' listener threw: ${(err as Error)?.stack ?? String(err)}`,
+        {
+          code: 'VLLM_MONITOR_CALLBACK_THREW',
+        },
+      )
+    }
+  }
+}
+
+export interface StatusContext {
+  monitorActive: boolean
+  predictive: boolean
+  learning: boolean
+  autoMitigate: boolean
+  uptimeMs: number
+  urls: Map<string, string>
+}
+
+/** Builds `getStatus()` from a checkpoint (shared with replay). */
+export function statusOf(core: MonitorCore, cp: Checkpoint | null, ctx: StatusContext): MonitorStatus {
+  const replicas: ReplicaStatus[] = []
+  let active: number | null = null
+  let tokens: number | null = null
+  let stepSum = 0
+  let stepN = 0
+  for (const e of cp?.engines ?? []) {
+    const r = e.reading
+    const d = e.derived
+    const running = r?.requestsRunning ?? null
+    // Steps are back to back while requests run, so 1/steps-per-second is the mean step time.
+    const stepMs =
+      running !== null && running > 0 && d.stepsPerSec !== null && d.stepsPerSec > 0
+        ? 1000 / d.stepsPerSec
+        : null
+    if (running !== null) active = (active ?? 0) + running
+    if (r?.generationTokensTotal != null) tokens = (tokens ?? 0) + r.generationTokensTotal
+    if (stepMs !== null) {
+      stepSum += stepMs
+      stepN++
+    }
+    replicas.push({
+      replica: e.replica,
+      url: ctx.urls.get(e.replica) ?? null,
+      lifecycleState: e.lifecycleState,
+      reason: e.reason,
+      activeRequests: running,
+      waitingRequests: r?.requestsWaiting ?? null,
+      kvCacheUsage: r?.kvCacheUsage ?? null,
+      tokensGenerated: r?.generationTokensTotal ?? null,
+      preemptionsTotal: r?.preemptionsTotal ?? null,
+      generationTokensPerSec: d.generationTokensPerSec,
+      avgStepDurationMs: stepMs,
+      ttftMeanMs: d.ttftMeanMs,
+      itlMeanMs: d.itlMeanMs,
+    })
+  }
+  return {
+    monitorActive: ctx.monitorActive,
+    lifecycleState: cp?.lifecycleState ?? 'NOT_STARTED',
+    activeRequests: active,
+    tokensGenerated: tokens,
+    avgStepDurationMs: stepN > 0 ? stepSum / stepN : null,
+    mitigationInProgress: false,
+    mitigationsTriggered: 0,
+    predictionAccuracy: null,
+    predictiveEnabled: ctx.predictive,
+    learningEnabled: ctx.learning,
+    autoMitigate: ctx.autoMitigate,
+    uptimeMs: ctx.uptimeMs,
+    replicas,
+    gpus: cp?.gpus ?? [],
+    predictions: cp?.predictions ?? [],
+    labels: { ...core.labelCounts },
+  }
+}
+
+/** Creates and starts a monitor. Throws only for invalid options (naming them). */
+export function createMonitor(options: MonitorOptions = {}): VLLMEngineMonitor {
+  return new VLLMEngineMonitor(options)
+}

@@ -1,0 +1,224 @@
+/**
+ * The monitor's options: one schema, one defaults object, environment variables under it.
+ * Precedence: explicit option > environment variable > default. A bad value is refused at the
+ * boundary with an error naming the option (or variable) and what it accepts.
+ */
+import { z } from 'zod'
+import { InvalidEnvError, InvalidOptionError } from '../errors.js'
+import type { Detector, MonitorPlugin, TelemetrySource } from '../telemetry/types.js'
+
+export type GpuMode = 'auto' | 'nvml' | 'nvidia-smi' | 'none'
+
+const replicaSchema = z.union([
+  z.string().url(),
+  z.object({ name: z.string().min(1).optional(), url: z.string().url() }).strict(),
+])
+
+const httpSchema = z.union([
+  z.literal(false),
+  z
+    .object({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535).default(9490),
+    })
+    .strict(),
+])
+
+export const monitorOptionsSchema = z
+  .object({
+    /** Master switch (`VLLM_ENABLE_MONITORING`); a disabled monitor does nothing and reports inactive. */
+    enabled: z.boolean().default(true),
+    /** vLLM servers to watch (`VLLM_MONITOR_URLS`, comma-separated). */
+    replicas: z.array(replicaSchema).default([]),
+    scrapeIntervalMs: z.number().int().min(20).max(600_000).default(100),
+    scrapeTimeoutMs: z.number().int().min(1).max(600_000).default(1000),
+    checkpointIntervalMs: z.number().int().min(10).max(600_000).default(100),
+    /** Requests running with no token or step progress this long is a hang. */
+    hangAfterMs: z.number().int().min(100).default(30_000),
+    recoverAfterMs: z.number().int().min(0).default(5_000),
+    kvPressureThreshold: z.number().gt(0).max(1).default(0.95),
+    /** GPU source: the NVML addon, nvidia-smi, none, `auto`, or a simulator's control URL. */
+    gpu: z
+      .union([
+        z.enum(['auto', 'nvml', 'nvidia-smi', 'none']),
+        z.object({ simUrl: z.string().url() }).strict(),
+      ])
+      .default('auto'),
+    gpuIntervalMs: z.number().int().min(10).default(100),
+    /** The HTTP surface (`/metrics`, `/api/status`, `/api/export`); false turns it off. */
+    http: httpSchema.default({ host: '127.0.0.1', port: 9490 }),
+    predictive: z.boolean().default(true),
+    learning: z.boolean().default(false),
+    autoMitigate: z.boolean().default(false),
+    mitigationThreshold: z.number().min(0).max(1).default(0.8),
+    /** Write every record to this trace file (JSON Lines, `.gz` for gzip). */
+    record: z.string().min(1).optional(),
+    sources: z.array(z.custom<TelemetrySource>(isSource, 'must be a TelemetrySource')).default([]),
+    detectors: z.array(z.custom<Detector>(isDetector, 'must be a Detector')).default([]),
+    plugins: z.array(z.custom<MonitorPlugin>(isPlugin, 'must be a MonitorPlugin')).default([]),
+    /** ms since the monitor started; injectable for tests. */
+    now: z.custom<() => number>((v) => typeof v === 'function', 'must be a function').optional(),
+  })
+  .strict()
+
+export type MonitorOptions = z.input<typeof monitorOptionsSchema>
+export type ResolvedMonitorOptions = z.output<typeof monitorOptionsSchema>
+
+function isSource(v: unknown): boolean {
+  const s = v as TelemetrySource
+  return typeof s?.name === 'string' && typeof s.start === 'function' && typeof s.stop === 'function'
+}
+function isDetector(v: unknown): boolean {
+  const d = v as Detector
+  return typeof d?.name === 'string' && typeof d.detect === 'function'
+}
+function isPlugin(v: unknown): boolean {
+  return typeof (v as MonitorPlugin)?.name === 'string'
+}
+
+const TRUE = ['1', 'true', 'yes', 'on']
+const FALSE = ['0', 'false', 'no', 'off']
+
+/** The environment variables the monitor reads, with what each accepts. */
+export const ENV_VARS = {
+  VLLM_ENABLE_MONITORING: 'boolean',
+  VLLM_MONITOR_PREDICTIVE: 'boolean',
+  VLLM_MONITOR_LEARNING: 'boolean',
+  VLLM_MONITOR_AUTO_MITIGATE: 'boolean',
+  VLLM_MONITOR_MITIGATION_THRESHOLD: 'number in [0, 1]',
+  VLLM_MONITOR_URLS: 'comma-separated URLs',
+  VLLM_MONITOR_SCRAPE_INTERVAL_MS: 'integer >= 20',
+  VLLM_MONITOR_HANG_AFTER_MS: 'integer >= 100',
+  VLLM_MONITOR_GPU: 'auto | nvml | nvidia-smi | none',
+  VLLM_MONITOR_HTTP_HOST: 'host name or address',
+  VLLM_MONITOR_HTTP_PORT: 'integer 0-65535, or "off"',
+  VLLM_MONITOR_RECORD: 'path of a trace file to write',
+} as const
+
+function envBool(env: NodeJS.ProcessEnv, name: string): boolean | undefined {
+  const raw = env[name]
+  if (raw === undefined || raw.trim() === '') return undefined
+  const v = raw.trim().toLowerCase()
+  if (TRUE.includes(v)) return true
+  if (FALSE.includes(v)) return false
+  throw new InvalidEnvError(
+    `${name}=${JSON.stringify(raw)} is not a boolean; accepted: ${[...TRUE, ...FALSE].join(', ')}`,
+  )
+}
+
+function envNumber(env: NodeJS.ProcessEnv, name: string, check: (n: number) => boolean, accepted: string) {
+  const raw = env[name]
+  if (raw === undefined || raw.trim() === '') return undefined
+  const n = Number(raw.trim())
+  if (!Number.isFinite(n) || !check(n))
+    throw new InvalidEnvError(`${name}=${JSON.stringify(raw)} is invalid; accepted: ${accepted}`)
+  return n
+}
+
+/** Options as the environment gives them (only the variables that are set). */
+export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): MonitorOptions {
+  const out: Record<string, unknown> = {}
+  const set = (k: string, v: unknown) => {
+    if (v !== undefined) out[k] = v
+  }
+  set('enabled', envBool(env, 'VLLM_ENABLE_MONITORING'))
+  set('predictive', envBool(env, 'VLLM_MONITOR_PREDICTIVE'))
+  set('learning', envBool(env, 'VLLM_MONITOR_LEARNING'))
+  set('autoMitigate', envBool(env, 'VLLM_MONITOR_AUTO_MITIGATE'))
+  set(
+    'mitigationThreshold',
+    envNumber(
+      env,
+      'VLLM_MONITOR_MITIGATION_THRESHOLD',
+      (n) => n >= 0 && n <= 1,
+      ENV_VARS.VLLM_MONITOR_MITIGATION_THRESHOLD,
+    ),
+  )
+  set(
+    'scrapeIntervalMs',
+    envNumber(
+      env,
+      'VLLM_MONITOR_SCRAPE_INTERVAL_MS',
+      (n) => Number.isInteger(n) && n >= 20,
+      ENV_VARS.VLLM_MONITOR_SCRAPE_INTERVAL_MS,
+    ),
+  )
+  set(
+    'hangAfterMs',
+    envNumber(
+      env,
+      'VLLM_MONITOR_HANG_AFTER_MS',
+      (n) => Number.isInteger(n) && n >= 100,
+      ENV_VARS.VLLM_MONITOR_HANG_AFTER_MS,
+    ),
+  )
+  const urls = env.VLLM_MONITOR_URLS
+  if (urls !== undefined && urls.trim() !== '') {
+    const list = urls
+      .split(',')
+      .map((u) => u.trim())
+      .filter((u) => u !== '')
+    for (const u of list) {
+      if (!URL.canParse(u))
+        throw new InvalidEnvError(
+          `VLLM_MONITOR_URLS holds ${JSON.stringify(u)}, which is not a URL; accepted: ${ENV_VARS.VLLM_MONITOR_URLS}`,
+        )
+    }
+    out.replicas = list
+  }
+  const gpu = env.VLLM_MONITOR_GPU
+  if (gpu !== undefined && gpu.trim() !== '') {
+    const v = gpu.trim()
+    if (!['auto', 'nvml', 'nvidia-smi', 'none'].includes(v)) {
+      throw new InvalidEnvError(
+        `VLLM_MONITOR_GPU=${JSON.stringify(gpu)} is invalid; accepted: ${ENV_VARS.VLLM_MONITOR_GPU}`,
+      )
+    }
+    out.gpu = v
+  }
+  const host = env.VLLM_MONITOR_HTTP_HOST
+  const port = env.VLLM_MONITOR_HTTP_PORT
+  if (port !== undefined && port.trim().toLowerCase() === 'off') out.http = false
+  else if ((host !== undefined && host.trim() !== '') || (port !== undefined && port.trim() !== '')) {
+    const p = envNumber(
+      env,
+      'VLLM_MONITOR_HTTP_PORT',
+      (n) => Number.isInteger(n) && n >= 0 && n <= 65535,
+      ENV_VARS.VLLM_MONITOR_HTTP_PORT,
+    )
+    out.http = { host: host?.trim() || '127.0.0.1', port: p ?? 9490 }
+  }
+  const record = env.VLLM_MONITOR_RECORD
+  if (record !== undefined && record.trim() !== '') out.record = record.trim()
+  return out as MonitorOptions
+}
+
+/** Validates options (explicit over environment over defaults); throws naming the bad option. */
+export function resolveOptions(
+  options: MonitorOptions = {},
+  env: NodeJS.ProcessEnv = process.env,
+): ResolvedMonitorOptions {
+  if (options === null || typeof options !== 'object') {
+    throw new InvalidOptionError(
+      `options must be an object (got ${options === null ? 'null' : typeof options})`,
+    )
+  }
+  const merged = { ...optionsFromEnv(env), ...stripUndefined(options as Record<string, unknown>) }
+  const r = monitorOptionsSchema.safeParse(merged)
+  if (r.success) return r.data
+  const issue = r.error.issues[0]
+  const path = issue?.path.length ? issue.path.join('.') : ''
+  if (issue?.code === 'unrecognized_keys') {
+    const keys = (issue as { keys?: string[] }).keys ?? []
+    throw new InvalidOptionError(
+      `unknown option${keys.length > 1 ? 's' : ''} ${keys.map((k) => `options.${path ? `${path}.` : ''}${k}`).join(', ')}; known: ${Object.keys(monitorOptionsSchema.shape).join(', ')}`,
+    )
+  }
+  throw new InvalidOptionError(`options.${path} ${issue?.message ?? 'is invalid'}`)
+}
+
+function stripUndefined(o: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v
+  return out
+}

@@ -1,0 +1,45 @@
+import type { FaultType, GpuReading, LifecycleState, Prediction } from '../telemetry/types.js'
+
+/** Per-replica part of `getStatus()`. */
+export interface ReplicaStatus {
+  replica: string
+  url: string | null
+  lifecycleState: LifecycleState
+  reason: string
+  activeRequests: number | null
+  waitingRequests: number | null
+  kvCacheUsage: number | null
+  tokensGenerated: number | null
+  preemptionsTotal: number | null
+  generationTokensPerSec: number | null
+  avgStepDurationMs: number | null
+  ttftMeanMs: number | null
+  itlMeanMs: number | null
+}
+
+/** What `getStatus()` / `getEngineStatus()` return: the monitor's state in one JSON-safe object. */
+export interface MonitorStatus {
+  monitorActive: boolean
+  /** The fleet roll-up. */
+  lifecycleState: LifecycleState
+  /** Running requests summed over replicas (null when no replica reported). */
+  activeRequests: number | null
+  /** Generated tokens summed over replicas. */
+  tokensGenerated: number | null
+  avgStepDurationMs: number | null
+  mitigationInProgress: boolean
+  /** Mitigations triggered so far (filled by the mitigation issue). */
+  mitigationsTriggered: number
+  /** Fraction of scored predictions that were right, null until one was scored. */
+  predictionAccuracy: number | null
+  predictiveEnabled: boolean
+  learningEnabled: boolean
+  autoMitigate: boolean
+  /** ms since the monitor started. */
+  uptimeMs: number
+  replicas: ReplicaStatus[]
+  gpus: GpuReading[]
+  predictions: Prediction[]
+  /** Ground-truth labels seen (simulated or replayed runs only), by fault type. */
+  labels: Partial<Record<FaultType, number>>
+}

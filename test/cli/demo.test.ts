@@ -1,0 +1,70 @@
+import { execFile } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { afterAll, describe, expect, it } from 'vitest'
+
+const cli = join(import.meta.dirname, '../../dist/cli/index.js')
+const exec = promisify(execFile)
+const run = (args: string[], timeout = 60_000) =>
+  exec(process.execPath, [cli, ...args], { timeout, env: { ...process.env, NO_COLOR: '1' } })
+const dir = mkdtempSync(join(tmpdir(), 'vllm-monitor-cli-'))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+describe('vllm-monitor demo', () => {
+  it('watches the scripted incident and reports it against the ground truth (--json)', async () => {
+    const { stdout } = await run(['demo', '--duration', '7', '--speed', '40', '--json', '--no-real-gpu'])
+    const lines = stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+    const statuses = lines.filter((l) => l.status !== undefined)
+    expect(statuses.length).toBeGreaterThanOrEqual(5)
+    expect(statuses.at(-1).status.replicas).toHaveLength(2)
+    const summary = lines.at(-1).summary
+    const failures = summary.labels
+      .filter((l: { phase: string }) => l.phase === 'failure')
+      .map((l: { fault: string }) => l.fault)
+    expect(failures).toEqual(['kv-exhaustion', 'gpu-oom-cotenant'])
+    const seen = summary.transitions.map((t: { replica: string; to: string }) => `${t.replica}:${t.to}`)
+    expect(seen).toContain('r0:DEGRADED')
+    expect(seen).toContain('r1:ERROR')
+  }, 60_000)
+
+  it('prints transitions as lines with --plain', async () => {
+    const { stdout } = await run(['demo', '--duration', '3', '--speed', '40', '--plain', '--no-real-gpu'])
+    expect(stdout).toMatch(/r0: READY -> SERVING/)
+    expect(stdout).toMatch(/r0: SERVING -> DEGRADED {2}\(KV cache exhausted/)
+    expect(stdout).toMatch(/Ground truth vs what the monitor saw/)
+  }, 60_000)
+})
+
+describe('vllm-monitor sim --fast and replay', () => {
+  it('writes a simulator trace and replays it to the failure', async () => {
+    const trace = join(dir, 'xid79.jsonl.gz')
+    const sim = await run(['sim', '--fast', '--trace', trace, '--scenario', 'xid-79', '--duration', '70'])
+    expect(sim.stdout).toMatch(/wrote .*xid79\.jsonl\.gz: scenario xid-79, 70 s simulated/)
+    const replay = await run(['replay', trace])
+    expect(replay.stdout).toMatch(/xid\s+Xid 79 on GPU 0/)
+    expect(replay.stderr).toMatch(/final: r0 ERROR/)
+  }, 60_000)
+
+  it('names the line of a malformed trace and exits 1', async () => {
+    const bad = join(dir, 'bad.jsonl')
+    writeFileSync(
+      bad,
+      `${JSON.stringify({ format: 'vllm-monitor-trace', version: 1, createdAt: new Date().toISOString(), source: 'test', replicas: [] })}\n{"t":1,"kind":"gpu"}\n`,
+    )
+    await expect(run(['replay', bad])).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/trace line 2: gpu record/),
+    })
+  })
+
+  it('refuses an unknown scenario and lists the known ones', async () => {
+    await expect(run(['sim', '--scenario', 'nope'])).rejects.toMatchObject({
+      stderr: expect.stringMatching(/Allowed choices are steady, kv-exhaustion/),
+    })
+  })
+})
