@@ -79,7 +79,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       title: `vllm-monitor demo · ${sc.name}`,
       clockLabel: `t=${(now() / 1000).toFixed(0)}s (${o.speed}x)`,
       width: Math.max(80, (process.stdout.columns ?? 110) - 1),
-      groundTruth: labels.map((l) => `${(l.t / 1000).toFixed(1)}s  ${l.replica}  ${l.fault} ${l.phase}: ${l.detail}`),
+      groundTruth: labels.map(
+        (l) => `${(l.t / 1000).toFixed(1)}s  ${l.replica}  ${l.fault} ${l.phase}: ${l.detail}`,
+      ),
     })
     process.stdout.write(`\u001b[H\u001b[2J${view}\n`)
   }

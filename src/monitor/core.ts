@@ -460,9 +460,9 @@ export class MonitorCore {
       return
     }
     // "Application startup complete" is logged before uvicorn listens (and a tailed log can run
-    // ahead of the port): SERVING needs the server to answer too (vllm.md §3.2), else a refused
-    // scrape racing the line would read as "the server is gone".
-    const target = to === 'SERVING' && !r.answered ? 'READY' : to
+    // ahead of the port): where the port is scraped, SERVING needs it to answer too (vllm.md §3.2),
+    // else a refused scrape racing the line would read as "the server is gone".
+    const target = to === 'SERVING' && !r.answered && r.readingAt !== null ? 'READY' : to
     if (START_CHAIN.indexOf(s) >= 0 && START_CHAIN.indexOf(s) < START_CHAIN.indexOf(target)) {
       this.walk(r, target, t, reason)
     }

@@ -147,7 +147,12 @@ export class SimEngine {
   }
 
   /** Queues a request that arrived at `this.now`. Returns it (the sink gets its tokens). */
-  submit(promptTokens: number, targetTokens: number, maxTokens: number, sink: RequestSink | null): SimRequest {
+  submit(
+    promptTokens: number,
+    targetTokens: number,
+    maxTokens: number,
+    sink: RequestSink | null,
+  ): SimRequest {
     const req: SimRequest = {
       id: this.nextId++,
       arrivalMs: this.now,
@@ -165,11 +170,15 @@ export class SimEngine {
       finished: false,
       sink,
     }
+    if (this.dead) {
+      // EngineDeadError: the request fails at once and never reaches a queue.
+      this.finish(req, 'error')
+      return req
+    }
     this.waiting.push(req)
     this.prefixQueriesTotal += promptTokens
     this.promptTokensHist.observe(promptTokens)
     this.maxTokensHist.observe(maxTokens)
-    if (this.dead) this.finish(req, 'error')
     return req
   }
 
@@ -200,7 +209,8 @@ export class SimEngine {
     this.stepEndMs = -1
     for (const r of this.running) this.finish(r, 'error')
     for (const r of this.front) this.finish(r, 'error')
-    for (let i = this.waitingHead; i < this.waiting.length; i++) this.finish(this.waiting[i] as SimRequest, 'error')
+    for (let i = this.waitingHead; i < this.waiting.length; i++)
+      this.finish(this.waiting[i] as SimRequest, 'error')
     this.running.length = 0
     this.front.length = 0
     this.waiting.length = 0
@@ -272,12 +282,14 @@ export class SimEngine {
     if (!preempted) {
       while (budget > 0 && running.length < cfg.maxNumSeqs) {
         const fromFront = this.front.length > 0
-        const r = fromFront ? (this.front[this.front.length - 1] as SimRequest) : this.waiting[this.waitingHead]
+        const r = fromFront
+          ? (this.front[this.front.length - 1] as SimRequest)
+          : this.waiting[this.waitingHead]
         if (r === undefined) break
         const target = r.promptTokens + r.generated
         // scheduler_reserve_full_isl: the whole input must fit before admission.
         if (Math.ceil(target / BLOCK_SIZE_TOKENS) > this.freeBlocks) break
-        const chunk = target < budget ? target : budget
+        const chunk = Math.min(target, budget)
         const blocks = Math.ceil(chunk / BLOCK_SIZE_TOKENS)
         this.freeBlocks -= blocks
         r.blocks = blocks
@@ -304,7 +316,7 @@ export class SimEngine {
     this.stepTokens = tokens
     this.stepEndMs = this.now + ms
     this.busyMs += ms
-    this.computeBusyMs += ms * st.computeIntensity(tokens)
+    this.computeBusyMs += ms * st.computeIntensity(tokens, contextTokens)
   }
 
   private popWaiting(): void {

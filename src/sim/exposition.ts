@@ -42,7 +42,8 @@ class Writer {
     this.sample(name, value)
   }
   counter(name: string, help: string, value: number): void {
-    this.family(name, 'counter', help)
+    // prometheus_client's 0.0.4 text names a counter's HELP/TYPE lines with the `_total` suffix too.
+    this.family(`${name}_total`, 'counter', help)
     this.sample(`${name}_total`, value)
   }
   histogram(name: string, help: string, h: SimHistogram): void {
@@ -99,12 +100,20 @@ export function renderExposition(ctx: ExpositionContext): string {
   )
   w.counter('vllm:prompt_tokens', 'Number of prefill tokens processed.', e.promptTokensTotal)
   w.counter('vllm:generation_tokens', 'Number of generation tokens processed.', e.generationTokensTotal)
-  w.family('vllm:request_success', 'counter', 'Count of successfully processed requests.')
+  w.family('vllm:request_success_total', 'counter', 'Count of successfully processed requests.')
   const f = e.finishedTotal
-  for (const reason of ['stop', 'length', 'abort', 'error'] as const) {
+  // V0's finish reasons were stop, length and abort; `error` came with V1.
+  const reasons = v1
+    ? (['stop', 'length', 'abort', 'error'] as const)
+    : (['stop', 'length', 'abort'] as const)
+  for (const reason of reasons) {
     w.sample('vllm:request_success_total', f[reason], `finished_reason="${reason}"`)
   }
-  w.histogram('vllm:iteration_tokens_total', 'Histogram of number of tokens per engine_step.', e.iterationTokens)
+  w.histogram(
+    'vllm:iteration_tokens_total',
+    'Histogram of number of tokens per engine_step.',
+    e.iterationTokens,
+  )
   w.histogram('vllm:time_to_first_token_seconds', 'Histogram of time to first token in seconds.', e.ttft)
   if (v1) {
     w.histogram('vllm:inter_token_latency_seconds', 'Histogram of inter-token latency in seconds.', e.itl)
@@ -117,17 +126,37 @@ export function renderExposition(ctx: ExpositionContext): string {
     w.histogram('vllm:time_per_output_token_seconds', 'Histogram of time per output token in seconds.', e.itl)
   }
   w.histogram('vllm:e2e_request_latency_seconds', 'Histogram of e2e request latency in seconds.', e.e2e)
-  w.histogram('vllm:request_queue_time_seconds', 'Histogram of time spent in WAITING phase for request.', e.queueTime)
+  w.histogram(
+    'vllm:request_queue_time_seconds',
+    'Histogram of time spent in WAITING phase for request.',
+    e.queueTime,
+  )
   w.histogram(
     'vllm:request_inference_time_seconds',
     'Histogram of time spent in RUNNING phase for request.',
     e.inferenceTime,
   )
-  w.histogram('vllm:request_prefill_time_seconds', 'Histogram of time spent in PREFILL phase for request.', e.prefillTime)
-  w.histogram('vllm:request_decode_time_seconds', 'Histogram of time spent in DECODE phase for request.', e.decodeTime)
+  w.histogram(
+    'vllm:request_prefill_time_seconds',
+    'Histogram of time spent in PREFILL phase for request.',
+    e.prefillTime,
+  )
+  w.histogram(
+    'vllm:request_decode_time_seconds',
+    'Histogram of time spent in DECODE phase for request.',
+    e.decodeTime,
+  )
   w.histogram('vllm:request_prompt_tokens', 'Number of prefill tokens processed.', e.promptTokensHist)
-  w.histogram('vllm:request_generation_tokens', 'Number of generation tokens processed.', e.generationTokensHist)
-  w.histogram('vllm:request_params_max_tokens', 'Histogram of the max_tokens request parameter.', e.maxTokensHist)
+  w.histogram(
+    'vllm:request_generation_tokens',
+    'Number of generation tokens processed.',
+    e.generationTokensHist,
+  )
+  w.histogram(
+    'vllm:request_params_max_tokens',
+    'Histogram of the max_tokens request parameter.',
+    e.maxTokensHist,
+  )
   w.out.push('')
   return w.out.join('\n')
 }

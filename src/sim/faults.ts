@@ -44,19 +44,31 @@ export const faultSpecSchema = z.discriminatedUnion('fault', [
     fault: z.literal('gpu-oom-spike'),
     ...base,
     /** Transient memory outside the pool grows to this over `rampMs`. */
-    peakBytes: z.number().positive().default(16 * GiB),
+    peakBytes: z
+      .number()
+      .positive()
+      .default(16 * GiB),
     rampMs: z.number().positive().default(20_000),
   }),
   z.object({
     fault: z.literal('gpu-oom-cotenant'),
     ...base,
-    bytesPerSec: z.number().positive().default(64 * MiB),
-    initialBytes: z.number().nonnegative().default(1 * GiB),
+    bytesPerSec: z
+      .number()
+      .positive()
+      .default(64 * MiB),
+    initialBytes: z
+      .number()
+      .nonnegative()
+      .default(1 * GiB),
   }),
   z.object({
     fault: z.literal('memory-leak'),
     ...base,
-    bytesPerSec: z.number().positive().default(24 * MiB),
+    bytesPerSec: z
+      .number()
+      .positive()
+      .default(24 * MiB),
   }),
   z.object({
     fault: z.literal('thermal-throttle'),

@@ -78,7 +78,9 @@ export class SimFleet {
     const gpuKey = options.gpu ?? 'H100-80GB'
     const gpu = GPUS[gpuKey]
     if (gpu === undefined) {
-      throw new SimScenarioError(`unknown gpu ${JSON.stringify(gpuKey)}; expected one of ${Object.keys(GPUS).join(', ')}`)
+      throw new SimScenarioError(
+        `unknown gpu ${JSON.stringify(gpuKey)}; expected one of ${Object.keys(GPUS).join(', ')}`,
+      )
     }
     const modelKey = options.model ?? 'meta-llama/Llama-3.1-8B-Instruct'
     const model = MODELS[modelKey]
@@ -88,7 +90,8 @@ export class SimFleet {
       )
     }
     const tp = options.tensorParallelSize ?? 1
-    if (![1, 2, 4, 8].includes(tp)) throw new SimScenarioError(`tensorParallelSize must be 1, 2, 4 or 8 (got ${tp})`)
+    if (![1, 2, 4, 8].includes(tp))
+      throw new SimScenarioError(`tensorParallelSize must be 1, 2, 4 or 8 (got ${tp})`)
     const util = options.gpuMemoryUtilization ?? 0.92
     if (!(util > 0 && util <= 1)) {
       throw new SimScenarioError(`gpuMemoryUtilization must be in (0, 1] (got ${util})`)
@@ -146,6 +149,14 @@ export class SimFleet {
         throw new SimScenarioError(
           `${model.name} does not fit ${gpuKey} at tensorParallelSize ${tp} and gpuMemoryUtilization ${util}: ` +
             'No available memory for the cache blocks',
+        )
+      }
+      // vLLM's start-up check (`_check_enough_kv_cache_memory`, #10517): one max_model_len request must fit.
+      if (replica.sizing.kvCacheTokens < maxModelLen) {
+        throw new SimScenarioError(
+          `${model.name} on ${gpuKey} at tensorParallelSize ${tp}: The model's max seq len (${maxModelLen}) is larger ` +
+            `than the maximum number of tokens that can be stored in KV cache (${replica.sizing.kvCacheTokens}). ` +
+            'Try increasing gpu_memory_utilization or decreasing max_model_len when initializing the engine.',
         )
       }
       this.replicas.push(replica)
@@ -228,7 +239,7 @@ export class SimFleet {
       const f = this.schedule[0]
       const ta = a !== null ? a.atMs : Number.POSITIVE_INFINITY
       const tf = f !== undefined ? f.atMs : Number.POSITIVE_INFINITY
-      const next = ta < tf ? ta : tf
+      const next = Math.min(ta, tf)
       if (next > t) break
       for (const r of this.replicas) r.advanceTo(next)
       this.now = next

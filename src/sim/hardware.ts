@@ -225,9 +225,13 @@ export class StepTimeModel {
     )
   }
 
-  /** Share of the step spent compute-bound (drives power draw): ≈0.1 for decode, → 1 for prefill. */
-  computeIntensity(batchTokens: number): number {
+  /**
+   * Share of the step spent compute-bound (drives power draw): ≈0.1 for decode, → 1 for prefill.
+   * The attention's KV reads are memory-bound time too: a decode step over long contexts is mostly
+   * HBM traffic, which is why decode draws far less than the power limit (sim-calibration §5).
+   */
+  computeIntensity(batchTokens: number, contextTokens = 0): number {
     const tCompute = batchTokens * this.computeMsPerToken
-    return tCompute / (tCompute + this.tMemMs)
+    return tCompute / (tCompute + this.tMemMs + contextTokens * this.kvReadMsPerToken)
   }
 }

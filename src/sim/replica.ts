@@ -5,7 +5,7 @@
  * physics, memory checks).
  */
 import type { EngineReading, FaultLabel, FaultType, MonitorEvent } from '../telemetry/types.js'
-import { type RequestSink, type SimRequest, SimEngine } from './engine.js'
+import { type RequestSink, SimEngine, type SimRequest } from './engine.js'
 import type { FaultSpec } from './faults.js'
 import type { SimGpu } from './gpu.js'
 import { type GpuProfile, type KvSizing, type ModelProfile, StepTimeModel, sizeKvCache } from './hardware.js'
@@ -158,7 +158,9 @@ export class SimReplica {
     }
     let at = t + 1500
     const loadMs = (s.weightsBytesPerGpu / c.loadBytesPerSec) * 1e3
-    this.at(at, () => this.logWorker('INFO', 'gpu_model_runner.py:2602', `Starting to load model ${c.model.name}...`))
+    this.at(at, () =>
+      this.logWorker('INFO', 'gpu_model_runner.py:2602', `Starting to load model ${c.model.name}...`),
+    )
     // Weights stream in while loading: NVML memory climbs.
     const steps = 8
     for (let i = 1; i <= steps; i++) {
@@ -168,7 +170,11 @@ export class SimReplica {
     }
     at += loadMs
     this.at(at, () => {
-      this.logWorker('INFO', 'default_loader.py:268', `Loading weights took ${(loadMs / 1e3 - 0.3).toFixed(2)} seconds`)
+      this.logWorker(
+        'INFO',
+        'default_loader.py:268',
+        `Loading weights took ${(loadMs / 1e3 - 0.3).toFixed(2)} seconds`,
+      )
       this.logWorker(
         'INFO',
         'gpu_model_runner.py:2634',
@@ -177,9 +183,18 @@ export class SimReplica {
     })
     at += 2000
     this.at(at, () => {
-      for (const g of this.gpus) g.reservedBytes = s.weightsBytesPerGpu + s.activationPeakBytes + s.nonTorchBytes
-      this.logWorker('INFO', 'gpu_worker.py:298', `Available KV cache memory: ${gib(s.kvCacheBytesPerGpu)} GiB`)
-      this.logCore('INFO', 'kv_cache_utils.py:1087', `GPU KV cache size: ${s.kvCacheTokens.toLocaleString('en-US')} tokens`)
+      for (const g of this.gpus)
+        g.reservedBytes = s.weightsBytesPerGpu + s.activationPeakBytes + s.nonTorchBytes
+      this.logWorker(
+        'INFO',
+        'gpu_worker.py:298',
+        `Available KV cache memory: ${gib(s.kvCacheBytesPerGpu)} GiB`,
+      )
+      this.logCore(
+        'INFO',
+        'kv_cache_utils.py:1087',
+        `GPU KV cache size: ${s.kvCacheTokens.toLocaleString('en-US')} tokens`,
+      )
       this.logCore(
         'INFO',
         'kv_cache_utils.py:1091',
@@ -189,7 +204,11 @@ export class SimReplica {
     at += 2500
     this.at(at, () => {
       for (const g of this.gpus) g.reservedBytes = s.requestedBytes - 0.5 * GiB
-      this.logWorker('INFO', 'gpu_model_runner.py:3480', `Graph capturing finished in 3 secs, took ${gib(s.cudaGraphBytes)} GiB`)
+      this.logWorker(
+        'INFO',
+        'gpu_model_runner.py:3480',
+        `Graph capturing finished in 3 secs, took ${gib(s.cudaGraphBytes)} GiB`,
+      )
       this.logCore(
         'INFO',
         'core.py:210',
@@ -209,7 +228,11 @@ export class SimReplica {
       this.logApi('INFO', 'api_server.py:1880', `Starting vLLM server on http://0.0.0.0:${c.port}`)
       this.logApi('INFO', 'launcher.py:36', 'Available routes are:')
       for (const route of ['/health', '/metrics', '/v1/models', '/v1/completions', '/v1/chat/completions']) {
-        this.logApi('INFO', 'launcher.py:44', `Route: ${route}, Methods: ${route.startsWith('/v1/c') ? 'POST' : 'GET'}`)
+        this.logApi(
+          'INFO',
+          'launcher.py:44',
+          `Route: ${route}, Methods: ${route.startsWith('/v1/c') ? 'POST' : 'GET'}`,
+        )
       }
       this.hooks.log(this, 'stderr', `INFO:     Started server process [${this.pidApi}]`, this.now)
       this.hooks.log(this, 'stderr', 'INFO:     Waiting for application startup.', this.now)
@@ -227,7 +250,9 @@ export class SimReplica {
     if (this.phase !== 'stopped' && this.phase !== 'exited') this.exit(-9)
     this.restarts++
     // Process-bound faults go with the process; the co-tenant and the cooling stay.
-    this.faults = this.faults.filter((f) => f.spec.fault === 'gpu-oom-cotenant' || f.spec.fault === 'thermal-throttle')
+    this.faults = this.faults.filter(
+      (f) => f.spec.fault === 'gpu-oom-cotenant' || f.spec.fault === 'thermal-throttle',
+    )
     this.start(t)
   }
 
@@ -244,7 +269,13 @@ export class SimReplica {
   }
 
   inject(spec: FaultSpec): void {
-    const fault: ActiveFault = { spec, failed: false, cleared: false, nextArrivalMs: -1, lastShmLogMs: spec.atMs }
+    const fault: ActiveFault = {
+      spec,
+      failed: false,
+      cleared: false,
+      nextArrivalMs: -1,
+      lastShmLogMs: spec.atMs,
+    }
     this.faults.push(fault)
     const gpu = this.gpus[0] as SimGpu
     this.label(spec.fault, 'injected', this.describe(spec), spec.atMs)
@@ -270,7 +301,13 @@ export class SimReplica {
           spec.atMs,
         )
         this.hooks.gpuEvent(
-          { type: 'gpu-lost', severity: 'critical', replica: this.name, gpu: gpu.index, message: `GPU ${gpu.index} lost` },
+          {
+            type: 'gpu-lost',
+            severity: 'critical',
+            replica: this.name,
+            gpu: gpu.index,
+            message: `GPU ${gpu.index} lost`,
+          },
           spec.atMs,
         )
         this.at(spec.atMs + 300, () => this.die('gpu-lost'))
@@ -288,9 +325,15 @@ export class SimReplica {
   }
 
   /** Queues a request on the engine at the replica's current time. */
-  submit(promptTokens: number, targetTokens: number, maxTokens: number, sink: RequestSink | null): SimRequest | null {
+  submit(
+    promptTokens: number,
+    targetTokens: number,
+    maxTokens: number,
+    sink: RequestSink | null,
+  ): SimRequest | null {
     const e = this.engine
-    if (e === null || (this.phase !== 'serving' && this.phase !== 'hung' && this.phase !== 'dying')) return null
+    if (e === null || (this.phase !== 'serving' && this.phase !== 'hung' && this.phase !== 'dying'))
+      return null
     // Keep every request admissible: prompt + output within max_model_len and within the whole pool.
     const limit = Math.min(this.config.maxModelLen, (e.config.numGpuBlocks - 2) * 16)
     const p = Math.max(1, Math.min(promptTokens, limit - 1))
@@ -415,7 +458,10 @@ export class SimReplica {
         if (!f.failed && e !== null && e.preemptionsTotal > 0 && e.gaugeKvUsage > 0.9) {
           this.failure(f, t, `KV cache exhausted: ${e.preemptionsTotal} preemptions, ${e.numWaiting} waiting`)
         }
-        if (t >= spec.atMs + spec.durationMs && (e === null || (e.numWaiting === 0 && e.gaugeKvUsage < 0.8))) {
+        if (
+          t >= spec.atMs + spec.durationMs &&
+          (e === null || (e.numWaiting === 0 && e.gaugeKvUsage < 0.8))
+        ) {
           f.cleared = true
           this.label(spec.fault, 'cleared', 'surge over and queue drained', t)
         }
@@ -528,7 +574,11 @@ export class SimReplica {
     this.phase = 'hung'
     f.lastShmLogMs = t
     this.failure(f, t, 'engine stopped stepping; /health stays 200')
-    this.at(t + f.spec.timeoutMs, () => this.die('nccl-timeout'))
+    const timeoutMs = f.spec.timeoutMs
+    this.at(t + timeoutMs, () => {
+      this.ncclTimeoutMs = timeoutMs
+      this.die('nccl-timeout')
+    })
   }
 
   /** vLLM's next allocation outside its pool fails when the GPU has no room left: CUDA OOM. */
@@ -545,7 +595,9 @@ export class SimReplica {
         for (const f of this.faults) {
           if (
             !f.failed &&
-            (f.spec.fault === 'gpu-oom-spike' || f.spec.fault === 'gpu-oom-cotenant' || f.spec.fault === 'memory-leak')
+            (f.spec.fault === 'gpu-oom-spike' ||
+              f.spec.fault === 'gpu-oom-cotenant' ||
+              f.spec.fault === 'memory-leak')
           ) {
             this.failure(f, t, `CUDA out of memory: tried to allocate ${gib(tried)} GiB`)
           }
@@ -559,6 +611,8 @@ export class SimReplica {
   }
 
   private oomDetail: { tried: number; free: number; gpu: SimGpu } | null = null
+  /** The NCCL watchdog timeout of the hang that killed it (`Timeout(ms)=` in the watchdog line). */
+  private ncclTimeoutMs = 600_000
 
   /** Engine death: logs as vLLM prints them, /health 503, then the server exits with code 0 (#48966). */
   private die(cause: DeathCause): void {
@@ -596,13 +650,18 @@ export class SimReplica {
           'Worker proc VllmWorker-0 died unexpectedly, shutting down executor.',
         )
         this.logCore('ERROR', 'core.py:710', 'EngineCore encountered a fatal error.')
-        this.logTraceback('core', engineCoreTraceback("RuntimeError: Worker failed with error 'Worker proc VllmWorker-0 died unexpectedly', please check the stack trace above for the root cause"))
+        this.logTraceback(
+          'core',
+          engineCoreTraceback(
+            "RuntimeError: Worker failed with error 'Worker proc VllmWorker-0 died unexpectedly', please check the stack trace above for the root cause",
+          ),
+        )
         break
       case 'nccl-timeout':
         this.hooks.log(
           this,
           'stderr',
-          `[rank0]:[E${formatStamp(this.hooks.epochMs(t))} ProcessGroupNCCL.cpp:632] [Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=${1000 + this.rng.int(90000)}, OpType=ALLREDUCE, NumelIn=8192, NumelOut=8192, Timeout(ms)=600000) ran for 600021 milliseconds before timing out.`,
+          `[rank0]:[E${formatStamp(this.hooks.epochMs(t))} ProcessGroupNCCL.cpp:632] [Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=${1000 + this.rng.int(90000)}, OpType=ALLREDUCE, NumelIn=8192, NumelOut=8192, Timeout(ms)=${this.ncclTimeoutMs}) ran for ${this.ncclTimeoutMs + 21} milliseconds before timing out.`,
           t,
         )
         this.hooks.log(
@@ -730,11 +789,17 @@ export class SimReplica {
     this.line('Worker_TP0', this.pidWorker, level, file, msg)
   }
   private logTraceback(proc: 'core' | 'api', lines: string[]): void {
-    const prefix = proc === 'core' ? `(EngineCore_DP0 pid=${this.pidCore}) ` : `(APIServer pid=${this.pidApi}) `
+    const prefix =
+      proc === 'core' ? `(EngineCore_DP0 pid=${this.pidCore}) ` : `(APIServer pid=${this.pidApi}) `
     for (const l of lines) this.hooks.log(this, 'stdout', prefix + l, this.now)
   }
   private line(proc: string, pid: number, level: LogLevel, file: string, msg: string): void {
-    this.hooks.log(this, 'stdout', formatVllmLine(proc, pid, level, this.hooks.epochMs(this.now), file, msg), this.now)
+    this.hooks.log(
+      this,
+      'stdout',
+      formatVllmLine(proc, pid, level, this.hooks.epochMs(this.now), file, msg),
+      this.now,
+    )
   }
 }
 

