@@ -87,7 +87,6 @@ function windowMean(
   return (b[sum]! - a[sum]!) / n
 }
 
-
 /** The engine death sequence (vllm.md §4.1): fatal error, EngineDeadError, /health 503, exit 0 ~5 s later. */
 function expectDeathSequence(run: Run, from: number): void {
   const fatal = firstLog(run, /EngineCore encountered a fatal error\./, from)
