@@ -331,12 +331,14 @@ export class SimServer {
     const object = chat ? 'chat.completion' : 'text_completion'
     let text = ''
     let headersSent = false
+    let first = true
     const send = (data: unknown) => res.write(`data: ${JSON.stringify(data)}\n\n`)
     const choice = (piece: string, finish: string | null) =>
       chat
         ? {
             index: 0,
-            delta: piece === '' ? {} : { role: 'assistant', content: piece },
+            // Like vLLM: the role only in the first delta, then content alone.
+            delta: piece === '' ? {} : first ? { role: 'assistant', content: piece } : { content: piece },
             finish_reason: finish,
           }
         : { index: 0, text: piece, logprobs: null, finish_reason: finish }
@@ -345,6 +347,7 @@ export class SimServer {
       const sink: RequestSink = {
         onToken: (r) => {
           const piece = tokenText(r.generated)
+          first = r.generated === 1
           if (stream) {
             if (!headersSent) {
               headersSent = true

@@ -293,3 +293,49 @@ function toReading(
   reading.queueTimeCount = c[C.QueueCount] ?? null
   return reading
 }
+
+const SUMMED: ReadonlyArray<keyof EngineReading> = [
+  'requestsRunning',
+  'requestsWaiting',
+  'preemptionsTotal',
+  'promptTokensTotal',
+  'generationTokensTotal',
+  'stepsTotal',
+  'requestsFinishedTotal',
+  'requestsErroredTotal',
+  'numGpuBlocks',
+  'ttftSecondsSum',
+  'ttftCount',
+  'itlSecondsSum',
+  'itlCount',
+  'e2eSecondsSum',
+  'e2eCount',
+  'queueTimeSecondsSum',
+  'queueTimeCount',
+]
+
+/**
+ * One reading for a whole server with data parallelism (several `engine` labels): counters,
+ * queues and histogram sums add up; KV usage is the fullest engine's, since one rank running out
+ * of blocks preempts its requests whatever the others hold. `engine` lists the engines ("0,1").
+ * Per-engine readings interleaved under one replica name would look like counter resets.
+ */
+export function mergeEngineReadings(readings: readonly EngineReading[]): EngineReading {
+  const first = readings[0]
+  if (first === undefined) throw new RangeError('mergeEngineReadings needs at least one reading')
+  if (readings.length === 1) return first
+  const out: EngineReading = { ...first, engine: readings.map((r) => r.engine ?? '?').join(',') }
+  for (const k of SUMMED) {
+    let sum: number | null = null
+    for (const r of readings) {
+      const v = r[k] as number | null
+      if (v !== null) sum = (sum ?? 0) + v
+    }
+    ;(out as unknown as Record<string, unknown>)[k] = sum
+  }
+  let kv: number | null = null
+  for (const r of readings)
+    if (r.kvCacheUsage !== null && (kv === null || r.kvCacheUsage > kv)) kv = r.kvCacheUsage
+  out.kvCacheUsage = kv
+  return out
+}

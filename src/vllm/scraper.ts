@@ -13,7 +13,7 @@ import https from 'node:https'
 import { debuglog } from 'node:util'
 import { InvalidArgumentError, InvalidOptionError, ScrapeError } from '../errors.js'
 import type { EngineReading, TelemetryRecord, TelemetrySource } from '../telemetry/types.js'
-import { emptyEngineReading, readEngineMetrics } from './engine-metrics.js'
+import { emptyEngineReading, mergeEngineReadings, readEngineMetrics } from './engine-metrics.js'
 import { type ParsedExposition, parseExposition } from './exposition.js'
 
 const debug = debuglog('vllm-monitor')
@@ -274,12 +274,13 @@ function toReadings(replica: string, parsed: ParsedExposition, healthStatus: num
     r.healthStatus = healthStatus
     r.error = error
   }
-  return readings
+  // One reading per server and scrape: the store and the lifecycle key on the replica.
+  return readings.length > 1 ? [mergeEngineReadings(readings)] : readings
 }
 
 /**
  * Polls each replica's `/metrics` and `/health` every `intervalMs` and pushes one `engine` record
- * per engine per scrape (`t` = `now()` when `/metrics` completed). A replica whose previous scrape
+ * per scrape (a data-parallel server's engines merged, see `mergeEngineReadings`) (`t` = `now()` when `/metrics` completed). A replica whose previous scrape
  * is still in flight skips the tick (counted in `stats`), so a slow server never gets overlapping
  * scrapes. Unreachable servers give one reading with `reachable: false`, every metric null and the
  * reason in `error` (`ECONNREFUSED`, `ETIMEDOUT`, `ECONNRESET`, `HTTP 500`...).

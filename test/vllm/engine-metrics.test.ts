@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import type { EngineReading } from '../../src/telemetry/types.js'
-import { emptyEngineReading, readEngineMetrics } from '../../src/vllm/engine-metrics.js'
+import { emptyEngineReading, mergeEngineReadings, readEngineMetrics } from '../../src/vllm/engine-metrics.js'
 import { parseExposition } from '../../src/vllm/exposition.js'
 import { fixture, fixtureNames } from './helpers.js'
 
@@ -233,5 +233,27 @@ describe('readEngineMetrics on hand-made expositions', () => {
     expect(readEngineMetrics({ samples: [null, { name: 'vllm:x' }, { name: 1 }] } as never, 'r')).toEqual([
       emptyEngineReading('r'),
     ])
+  })
+})
+
+describe('mergeEngineReadings', () => {
+  it('adds up a data-parallel server and keeps the fullest engine KV usage', () => {
+    const a = { ...emptyEngineReading('x', '0'), requestsRunning: 3, kvCacheUsage: 0.5, preemptionsTotal: 1 }
+    const b = {
+      ...emptyEngineReading('x', '1'),
+      requestsRunning: 4,
+      kvCacheUsage: 0.9,
+      preemptionsTotal: null,
+    }
+    const m = mergeEngineReadings([a, b])
+    expect(m).toMatchObject({
+      replica: 'x',
+      engine: '0,1',
+      requestsRunning: 7,
+      kvCacheUsage: 0.9,
+      preemptionsTotal: 1,
+    })
+    expect(m.requestsWaiting).toBeNull()
+    expect(mergeEngineReadings([a])).toBe(a)
   })
 })
