@@ -11,6 +11,7 @@ import { scenario as namedScenario } from '../sim/scenarios.js'
 import { SimServer } from '../sim/server.js'
 import type { FaultLabel, Transition } from '../telemetry/types.js'
 import { formatEvent, renderDemoView } from './demo-view.js'
+import { untilStopped } from './until-stopped.js'
 
 export interface DemoOptions {
   durationSec: number
@@ -86,19 +87,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     process.stdout.write(`\u001b[H\u001b[2J${view}\n`)
   }
   const timer = setInterval(render, o.json ? 1000 : 250)
-  let stopped = false
-  const stop = new Promise<void>((resolve) => {
-    const done = () => {
-      if (!stopped) {
-        stopped = true
-        resolve()
-      }
-    }
-    setTimeout(done, o.durationSec * 1000)
-    process.once('SIGINT', done)
-    process.once('SIGTERM', done)
-  })
-  await stop
+  await untilStopped(o.durationSec)
   clearInterval(timer)
   render()
   await m.close()

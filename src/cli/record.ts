@@ -4,6 +4,7 @@
  */
 import { createMonitor } from '../monitor/monitor.js'
 import type { GpuMode } from '../monitor/options.js'
+import { untilStopped } from './until-stopped.js'
 
 export interface RecordCliOptions {
   urls: string[]
@@ -28,11 +29,7 @@ export async function runRecord(o: RecordCliOptions): Promise<number> {
   console.error(
     `recording ${o.urls.join(', ')} to ${o.out}${o.durationSec ? ` for ${o.durationSec} s` : ' (Ctrl-C to stop)'}`,
   )
-  await new Promise<void>((resolve) => {
-    if (o.durationSec !== undefined) setTimeout(resolve, o.durationSec * 1000)
-    process.once('SIGINT', resolve)
-    process.once('SIGTERM', resolve)
-  })
+  await untilStopped(o.durationSec)
   await monitor.close()
   const st = monitor.getStatus()
   console.error(`done: ${st.replicas.map((r) => `${r.replica} ${r.lifecycleState}`).join(', ')}`)

@@ -9,6 +9,7 @@ import { SimFleet } from '../sim/fleet.js'
 import { writeSimulationTrace } from '../sim/run.js'
 import { scenario as namedScenario } from '../sim/scenarios.js'
 import { SimServer } from '../sim/server.js'
+import { untilStopped } from './until-stopped.js'
 
 export interface SimCliOptions {
   replicas?: number
@@ -60,7 +61,10 @@ export async function runSim(o: SimCliOptions): Promise<number> {
       if (o.logDir !== undefined) {
         let f = files.get(replica)
         if (f === undefined) {
-          f = createWriteStream(join(o.logDir, `${replica}.log`), { flags: 'a' })
+          const path = join(o.logDir, `${replica}.log`)
+          f = createWriteStream(path, { flags: 'a' })
+          // A log file that cannot be written loses its lines, not the simulator.
+          f.on('error', (err) => console.error(`vllm-monitor sim: cannot write ${path}: ${err.message}`))
           files.set(replica, f)
         }
         f.write(`${text}\n`)
@@ -78,11 +82,7 @@ export async function runSim(o: SimCliOptions): Promise<number> {
   console.error(
     `  control ${server.controlUrl}  (/sim/gpus /sim/events /sim/labels /sim/state, POST /sim/faults /sim/restart)`,
   )
-  await new Promise<void>((resolve) => {
-    if (o.durationSec !== undefined) setTimeout(resolve, o.durationSec * 1000)
-    process.once('SIGINT', resolve)
-    process.once('SIGTERM', resolve)
-  })
+  await untilStopped(o.durationSec)
   await server.close()
   await Promise.all([...files.values()].map((f) => new Promise((r) => f.end(r))))
   return 0

@@ -27,6 +27,8 @@ export interface HttpSurfaceOptions {
    * (code VLLM_MONITOR_HTTP_HANDLER_FAILED) the first time each route fails, debuglog after that.
    */
   onError?: (err: Error) => void
+  /** Let the process exit while the surface listens (for a monitor embedded in a host). Default false. */
+  unref?: boolean
 }
 
 export interface HttpSurface {
@@ -116,6 +118,8 @@ export async function startHttpSurface(options: HttpSurfaceOptions): Promise<Htt
   })
   // After listen, errors are per-connection (node:http handles them) or fatal to the server alone.
   server.on('error', (err) => report(err))
+  // Embedded in a host (a gateway), the surface must not keep the process alive on its own.
+  if (o.unref === true) server.unref()
 
   const port = (server.address() as AddressInfo).port
   let closing: Promise<void> | null = null
@@ -182,7 +186,7 @@ function validate(options: HttpSurfaceOptions): Validated {
   if (options === null || typeof options !== 'object') {
     throw new InvalidOptionError('startHttpSurface options must be an object')
   }
-  const { host = '127.0.0.1', port = 0, metrics, getStatus, exportData, onError } = options
+  const { host = '127.0.0.1', port = 0, metrics, getStatus, exportData, onError, unref = false } = options
   if (typeof host !== 'string' || host === '') {
     throw new InvalidOptionError('options.host must be a non-empty string')
   }
@@ -201,5 +205,6 @@ function validate(options: HttpSurfaceOptions): Validated {
   if (onError !== undefined && typeof onError !== 'function') {
     throw new InvalidOptionError('options.onError must be a function')
   }
-  return { host, port, metrics, getStatus, exportData, onError }
+  if (typeof unref !== 'boolean') throw new InvalidOptionError('options.unref must be a boolean')
+  return { host, port, metrics, getStatus, exportData, onError, unref }
 }

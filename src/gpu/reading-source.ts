@@ -9,6 +9,7 @@ import type { GpuEvent, GpuSnapshot } from './types.js'
 
 export interface GpuReadingSourceOptions {
   mode?: GpuSourceOptions['mode']
+  libraryPath?: string
   intervalMs?: number
   /** ms since the monitor started. */
   now: () => number
@@ -47,12 +48,17 @@ export class GpuReadingSource implements TelemetrySource {
 
   constructor(options: GpuReadingSourceOptions) {
     this.options = options
-    this.gpu = options.source ?? openGpuSource({ mode: options.mode ?? 'auto' })
+    this.gpu =
+      options.source ??
+      openGpuSource({
+        mode: options.mode ?? 'auto',
+        ...(options.libraryPath === undefined ? {} : { libraryPath: options.libraryPath }),
+      })
   }
 
   start(push: (record: TelemetryRecord) => void): void {
     const { now, replicaOfGpu } = this.options
-    const devices = new Map(this.gpu.devices().map((d) => [d.index, d]))
+    let devices = new Map(this.gpu.devices().map((d) => [d.index, d]))
     this.gpu.start()
     this.onEvent = (e: GpuEvent) => {
       const replica = replicaOfGpu?.(e.device) ?? null
@@ -83,7 +89,10 @@ export class GpuReadingSource implements TelemetrySource {
     this.gpu.on('event', this.onEvent)
     this.timer = setInterval(() => {
       const t = now()
-      for (const s of this.gpu.snapshot()) {
+      const snapshot = this.gpu.snapshot()
+      // nvidia-smi learns its devices on its first poll, after start(): look again until known.
+      if (devices.size < snapshot.length) devices = new Map(this.gpu.devices().map((d) => [d.index, d]))
+      for (const s of snapshot) {
         const d = devices.get(s.index)
         const reading = snapshotToReading(s, d?.name ?? null, replicaOfGpu?.(s.index) ?? null)
         if (d !== undefined) {

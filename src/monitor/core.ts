@@ -93,6 +93,8 @@ interface ReplicaState {
   everUp: boolean
   /** It answered /metrics since it last refused: its port is really open (not just logged ready). */
   answered: boolean
+  /** Its port is polled (declared so, or a reading has come in). */
+  scraped: boolean
   /** In ERROR: the root cause named after a generic death notice (the traceback's last line). */
   cause: string | null
   /** Down (refused) since the last ERROR: the next answer is a restarted server. */
@@ -132,14 +134,19 @@ export class MonitorCore {
   readonly labelCounts: Partial<Record<FaultType, number>> = {}
   predictions: Prediction[] = []
   private latest: Checkpoint | null = null
+  private ticking = false
 
   constructor(options: Partial<MonitorCoreOptions> = {}) {
     this.options = { ...DEFAULT_CORE_OPTIONS, ...options }
   }
 
-  /** Declares a replica up front so it shows (NOT_STARTED) before its first reading. */
-  addReplica(name: string): void {
-    this.replica(name)
+  /**
+   * Declares a replica up front so it shows (NOT_STARTED) before its first reading. `scraped`: its
+   * port is polled, so a start-up log line alone does not make it SERVING (the port must answer).
+   */
+  addReplica(name: string, options: { scraped?: boolean } = {}): void {
+    const r = this.replica(name)
+    if (options.scraped === true) r.scraped = true
   }
 
   /** The newest checkpoint, or null before the first tick. */
@@ -153,6 +160,12 @@ export class MonitorCore {
 
   /** Buffers a record; it is applied at the first checkpoint at or after its time. */
   push(record: TelemetryRecord): void {
+    const why = invalidRecord(record)
+    if (why !== null) {
+      // A custom source's mistake must not stop the monitor: drop the record and say why.
+      this.error(Math.max(0, this.lastTickT), 'VLLM_MONITOR_BAD_RECORD', `record dropped: ${why}`)
+      return
+    }
     if (!(record.t > this.lastTickT)) {
       // Late (a slow scrape that finished after its grid point): stamp it just after the point.
       record = { ...record, t: this.lastTickT + 0.001 }
@@ -174,16 +187,44 @@ export class MonitorCore {
 
   /** Applies the records up to `t` and takes the checkpoint at `t`. */
   tick(t: number): Checkpoint {
-    if (this.pending.length > 0) {
-      // Stable: records with equal t keep their arrival order.
-      this.pending.sort((a, b) => a.t - b.t)
-      let i = 0
-      while (i < this.pending.length && (this.pending[i] as TelemetryRecord).t <= t) {
-        this.apply(this.pending[i] as TelemetryRecord)
-        i++
-      }
-      this.pending = i === this.pending.length ? [] : this.pending.slice(i)
+    if (this.ticking) {
+      // Called from a listener inside a tick (e.g. close() on a transition): the running tick
+      // finishes the job; applying the same batch twice would corrupt state and the trace.
+      return this.latest ?? this.build(t)
     }
+    this.ticking = true
+    try {
+      if (this.pending.length > 0) {
+        // Stable: records with equal t keep their arrival order. The batch leaves `pending` before
+        // it is applied, so nothing can apply it twice.
+        this.pending.sort((a, b) => a.t - b.t)
+        let n = 0
+        while (n < this.pending.length && (this.pending[n] as TelemetryRecord).t <= t) n++
+        const batch = this.pending.splice(0, n)
+        for (const rec of batch) {
+          try {
+            this.apply(rec)
+          } catch (err) {
+            this.error(
+              rec.t,
+              'VLLM_MONITOR_BAD_RECORD',
+              `${rec.kind} record at t=${rec.t} failed: ${(err as Error).message}`,
+            )
+          }
+        }
+      }
+      return this.finishTick(t)
+    } finally {
+      this.ticking = false
+    }
+  }
+
+  /** The checkpoint at `t` from the current state, without applying anything (read-only). */
+  peek(t: number): Checkpoint {
+    return this.latest ?? this.build(t)
+  }
+
+  private finishTick(t: number): Checkpoint {
     this.lastTickT = t
     for (const r of this.replicas.values()) this.evaluate(r, t)
     const cp = this.build(t)
@@ -265,15 +306,18 @@ export class MonitorCore {
     r.derived = this.store.derived(reading.replica)
     r.reading = reading
     r.readingAt = t
+    r.scraped = true
     const m = r.machine
     const state = m.state
     if (!reading.reachable) {
       const err = reading.error ?? 'unreachable'
-      const refused = err === 'ECONNREFUSED' || err === 'ECONNRESET' || err === 'EHOSTUNREACH'
+      // Only a refused connection says nothing listens (vllm.md §0 #8). A reset, an unreachable
+      // host, a timeout or a 5xx from a server that is up is trouble, not death: under spiky load
+      // vLLM can miss a probe without being dead (ray#54070), and uvicorn resets connections
+      // while it shuts down.
+      const refused = err === 'ECONNREFUSED'
       if (refused) r.answered = false
       if (!refused) {
-        // Timeouts and 5xx from a server that is up: under spiky load vLLM can miss a probe without
-        // being dead (ray#54070), so this is trouble, not death.
         r.troubleAt = t
         r.troubleReason = `scrape failed: ${err}`
         return
@@ -462,7 +506,7 @@ export class MonitorCore {
     // "Application startup complete" is logged before uvicorn listens (and a tailed log can run
     // ahead of the port): where the port is scraped, SERVING needs it to answer too (vllm.md §3.2),
     // else a refused scrape racing the line would read as "the server is gone".
-    const target = to === 'SERVING' && !r.answered && r.readingAt !== null ? 'READY' : to
+    const target = to === 'SERVING' && !r.answered && r.scraped ? 'READY' : to
     if (START_CHAIN.indexOf(s) >= 0 && START_CHAIN.indexOf(s) < START_CHAIN.indexOf(target)) {
       this.walk(r, target, t, reason)
     }
@@ -521,6 +565,7 @@ export class MonitorCore {
         readingAt: null,
         everUp: false,
         answered: false,
+        scraped: false,
         cause: null,
         downSinceError: false,
         lastGenerationTokens: null,
@@ -578,4 +623,29 @@ export class MonitorCore {
       predictions: this.predictions.slice(),
     }
   }
+}
+
+const KINDS = new Set(['engine', 'gpu', 'event', 'label'])
+
+/** Why a record cannot be applied, or null. Cheap: runs on every push. */
+function invalidRecord(r: TelemetryRecord): string | null {
+  if (r === null || typeof r !== 'object') return 'not an object'
+  if (typeof r.t !== 'number' || !Number.isFinite(r.t))
+    return `t must be a finite number (got ${String(r.t)})`
+  if (!KINDS.has(r.kind)) return `unknown kind ${JSON.stringify(r.kind)}`
+  switch (r.kind) {
+    case 'engine':
+      return typeof r.replica === 'string' ? null : 'engine record without a replica name'
+    case 'gpu':
+      return typeof r.gpu === 'number' ? null : 'gpu record without a gpu index'
+    case 'event':
+      return typeof r.type === 'string' && typeof r.message === 'string'
+        ? null
+        : 'event record needs type and message'
+    case 'label':
+      return typeof r.fault === 'string' && typeof r.replica === 'string'
+        ? null
+        : 'label record needs fault and replica'
+  }
+  return null
 }

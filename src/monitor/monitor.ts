@@ -50,6 +50,8 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
   private writer: TraceWriter | null = null
   private http: { close(): Promise<void> } | null = null
   private closed = false
+  private closing: Promise<void> | null = null
+  private recordFailed = false
   private active: boolean
 
   constructor(options: MonitorOptions = {}) {
@@ -82,7 +84,19 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       kvPressureThreshold: o.kvPressureThreshold,
       detectors: o.detectors,
       plugins: o.plugins,
-      onRecord: writer === null ? undefined : (r) => writer.write(r),
+      onRecord:
+        writer === null
+          ? undefined
+          : (r) => {
+              if (this.recordFailed) return
+              try {
+                writer.write(r)
+              } catch (err) {
+                // Recording is a side line: say so once and keep monitoring.
+                this.recordFailed = true
+                this.reportError('VLLM_MONITOR_RECORD_FAILED', `recording stopped: ${(err as Error).message}`)
+              }
+            },
       onTransition: (replica, tr) => this.safeEmit('transition', replica, tr),
       onEvent: (e) => this.safeEmit('event', e),
     })
@@ -97,7 +111,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
     )
     for (const r of scrape) {
       this.replicaUrls.set(r.name, r.url)
-      this.core.addReplica(r.name)
+      this.core.addReplica(r.name, { scraped: true })
     }
     if (scrape.length > 0) {
       this.sources.push(
@@ -122,7 +136,20 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       )
     } else if (gpu !== 'none') {
       try {
-        this.sources.push(new GpuReadingSource({ mode: gpu, intervalMs: o.gpuIntervalMs, now: this.now }))
+        // Which replica runs on which GPU: as configured, else the only replica owns every GPU
+        // (so its Xids and throttling count against it); with several, unknown until mapped.
+        const only = scrape.length === 1 ? (scrape[0]?.name ?? null) : null
+        const map = o.gpuReplicas
+        const replicaOfGpu = (g: number) => map?.[String(g)] ?? only
+        this.sources.push(
+          new GpuReadingSource({
+            mode: gpu,
+            intervalMs: o.gpuIntervalMs,
+            now: this.now,
+            replicaOfGpu,
+            ...(o.nvmlLibraryPath === undefined ? {} : { libraryPath: o.nvmlLibraryPath }),
+          }),
+        )
       } catch (err) {
         this.reportError(
           (err as { code?: string }).code ?? 'VLLM_MONITOR_GPU_SOURCE_FAILED',
@@ -190,7 +217,8 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
 
   /** Everything the monitor knows, JSON-safe: status, the newest checkpoint, lifecycle histories. */
   exportData(): ReturnType<typeof toExportJson> {
-    const cp = this.core.checkpoint ?? this.core.tick(this.now())
+    // Never tick here: checkpoints stay on the grid the recorder and replay share.
+    const cp = this.core.peek(this.now())
     const transitions: Record<string, Transition[]> = {}
     for (const name of this.core.replicaNames()) transitions[name] = this.core.history(name)
     return toExportJson({ exportedAt: new Date(), status: this.getStatus(), checkpoint: cp, transitions })
@@ -214,11 +242,16 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
     return this.core.history(replica)
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return
+  /** Stops everything; resolves once sources, plugins, the HTTP port and the recorder are closed. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown()
+    return this.closing
+  }
+
+  private async shutdown(): Promise<void> {
     if (this.timer !== null) clearInterval(this.timer)
-    // Apply (and record) what the sources delivered since the last checkpoint.
-    if (this.active) this.tick()
+    // Apply (and record) what the sources delivered, up to the grid point at or after now.
+    if (this.active) this.tick(true)
     this.closed = true
     for (const s of this.sources) {
       try {
@@ -240,15 +273,20 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         )
       }
     }
+    await this.ready
     await this.http?.close()
-    await this.writer?.close()
+    try {
+      await this.writer?.close()
+    } catch (err) {
+      this.reportError('VLLM_MONITOR_RECORD_FAILED', `trace not finished: ${(err as Error).message}`)
+    }
   }
 
-  private tick(): void {
+  private tick(final = false): void {
     if (this.closed) return
     try {
-      const now = this.now()
       const step = this.options.checkpointIntervalMs
+      const now = final ? Math.ceil(this.now() / step) * step : this.now()
       // Take every grid point up to now, so a late timer does not skip one (replays tick each).
       // The grid starts at 0 so a replay of the recorded trace ticks at the same instants.
       let next = this.core.lastTick === Number.NEGATIVE_INFINITY ? 0 : this.core.lastTick + step
@@ -277,6 +315,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         metrics: { metrics: () => this.metricsText(), contentType: this.metrics.contentType },
         getStatus: () => this.getStatus(),
         exportData: () => this.exportData(),
+        unref: true,
         onError: (err) => this.reportError('VLLM_MONITOR_HTTP_FAILED', err.message),
       })
       if (this.closed) {

@@ -45,6 +45,10 @@ export const monitorOptionsSchema = z
       ])
       .default('auto'),
     gpuIntervalMs: z.number().int().min(10).default(100),
+    /** libnvidia-ml to load instead of the system's `libnvidia-ml.so.1`. */
+    nvmlLibraryPath: z.string().min(1).optional(),
+    /** Which replica runs on which GPU (`{ "0": "a", "1": "b" }`); with one replica it owns them all. */
+    gpuReplicas: z.record(z.string().regex(/^\d+$/), z.string().min(1)).optional(),
     /** The HTTP surface (`/metrics`, `/api/status`, `/api/export`); false turns it off. */
     http: httpSchema.default({ host: '127.0.0.1', port: 9490 }),
     predictive: z.boolean().default(true),

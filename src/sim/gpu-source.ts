@@ -20,7 +20,8 @@ export class SimGpuSource implements TelemetrySource {
   private timer: NodeJS.Timeout | null = null
   private inFlight = false
   private lastSeq = 0
-  private abort = new AbortController()
+  private stopped = false
+  private readonly abort = new AbortController()
 
   constructor(options: SimGpuSourceOptions) {
     this.options = options
@@ -30,7 +31,7 @@ export class SimGpuSource implements TelemetrySource {
     const { controlUrl, now } = this.options
     const timeoutMs = this.options.timeoutMs ?? 1000
     const poll = async () => {
-      if (this.inFlight) return
+      if (this.inFlight || this.stopped) return
       this.inFlight = true
       try {
         const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(timeoutMs)])
@@ -50,7 +51,7 @@ export class SimGpuSource implements TelemetrySource {
         this.lastSeq = e.seq
         for (const reading of g.gpus) push({ t, kind: 'gpu', ...reading })
       } catch (err) {
-        if (!this.abort.signal.aborted) this.options.onError?.(err as Error)
+        if (!this.stopped) this.options.onError?.(err as Error)
       } finally {
         this.inFlight = false
       }
@@ -63,7 +64,7 @@ export class SimGpuSource implements TelemetrySource {
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
+    this.stopped = true
     this.abort.abort()
-    this.abort = new AbortController()
   }
 }

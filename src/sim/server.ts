@@ -104,6 +104,7 @@ export class SimServer {
       },
       label: (label, t) => {
         this.labels.push({ ...label, t })
+        if (this.labels.length > 1000) this.labels.splice(0, this.labels.length - 1000)
       },
       listening: (r, open) => {
         const ep = this.endpoints.find((e) => e.replica === r)
@@ -182,10 +183,14 @@ export class SimServer {
     if (this.closed) return
     if (open) {
       if (!ep.server.listening) {
-        ep.server.listen(ep.port, this.host)
-        ep.server.once('error', (err) => {
-          process.emitWarning(`replica ${ep.replica.name} could not reopen port ${ep.port}: ${err.message}`)
-        })
+        const onError = (err: Error) => {
+          process.emitWarning(
+            `simulated replica ${ep.replica.name} could not reopen port ${ep.port} (another process took it?): ${err.message}`,
+            { code: 'VLLM_MONITOR_SIM_PORT_LOST' },
+          )
+        }
+        ep.server.once('error', onError)
+        ep.server.listen(ep.port, this.host, () => ep.server.off('error', onError))
       }
     } else if (ep.server.listening) {
       void closeServer(ep.server, ep.sockets)
@@ -437,6 +442,14 @@ export class SimServer {
   // --- control API ----------------------------------------------------------------------------
 
   private handleControl(req: IncomingMessage, res: ServerResponse): void {
+    try {
+      this.routeControl(req, res)
+    } catch (err) {
+      sendJson(res, 400, { error: `bad request: ${(err as Error).message}` })
+    }
+  }
+
+  private routeControl(req: IncomingMessage, res: ServerResponse): void {
     this.advance()
     const url = new URL(req.url ?? '/', 'http://x')
     const q = url.searchParams

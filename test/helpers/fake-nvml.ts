@@ -12,7 +12,6 @@ export function useScenario(name: string): string {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** Polls `cond` until it is true or `timeoutMs` passes. */
 /** Polls `cond` (sync or async) until it holds; throws after `timeoutMs`. */
 export async function waitFor(
   cond: () => boolean | Promise<boolean>,
