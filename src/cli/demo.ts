@@ -11,6 +11,7 @@ import { scenario as namedScenario } from '../sim/scenarios.js'
 import { SimServer } from '../sim/server.js'
 import type { FaultLabel, Transition } from '../telemetry/types.js'
 import { formatEvent, renderDemoView } from './demo-view.js'
+import { type LoadCliOptions, scenarioLoad } from './load.js'
 import { untilStopped } from './until-stopped.js'
 
 export interface DemoOptions {
@@ -23,10 +24,11 @@ export interface DemoOptions {
   plain: boolean
   /** Use the host's NVML when present (default true). */
   realGpu: boolean
+  load: LoadCliOptions
 }
 
 export async function runDemo(o: DemoOptions): Promise<number> {
-  const sc = namedScenario(o.scenario, { seed: o.seed })
+  const sc = namedScenario(o.scenario, { seed: o.seed, ...scenarioLoad(o.load) })
   const fleet = new SimFleet({ ...sc.fleet, epochMs: Date.now() })
   const labels: Array<FaultLabel & { t: number }> = []
   fleet.on({ label: (l, t) => labels.push({ ...l, t }) })

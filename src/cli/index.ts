@@ -4,6 +4,7 @@ import { VllmMonitorError } from '../errors.js'
 import { openGpuSource } from '../gpu/source.js'
 import { SCENARIO_NAMES } from '../sim/scenarios.js'
 import { runDemo } from './demo.js'
+import { addLoadOptions, loadFromCli } from './load.js'
 import { runRecord } from './record.js'
 import { renderGpuTable } from './render.js'
 import { runReplay } from './replay.js'
@@ -26,7 +27,7 @@ const program = new Command()
   .name('vllm-monitor')
   .description('Watches vLLM servers and their GPUs; predicts and mitigates failures.')
 
-program
+const demo = program
   .command('demo', { isDefault: true })
   .description('watch a simulated two-replica vLLM fleet through a scripted incident (no GPU needed)')
   .option('--duration <s>', 'seconds to run', positive('--duration'), 60)
@@ -36,19 +37,20 @@ program
   .option('--speed <x>', 'simulated seconds per wall second', positive('--speed'), 4)
   .option('--no-real-gpu', 'use the simulated GPUs even where NVML is present')
   .addOption(scenarioOption('demo'))
-  .action(async (o) => {
-    process.exitCode = await runDemo({
-      durationSec: o.duration,
-      json: o.json === true,
-      plain: o.plain === true,
-      seed: o.seed,
-      speed: o.speed,
-      scenario: o.scenario,
-      realGpu: o.realGpu !== false,
-    })
+addLoadOptions(demo).action(async (o) => {
+  process.exitCode = await runDemo({
+    load: loadFromCli(o),
+    durationSec: o.duration,
+    json: o.json === true,
+    plain: o.plain === true,
+    seed: o.seed,
+    speed: o.speed,
+    scenario: o.scenario,
+    realGpu: o.realGpu !== false,
   })
+})
 
-program
+const sim = program
   .command('sim')
   .description('serve a simulated vLLM fleet over HTTP on loopback (or write a trace with --fast --trace)')
   .option('--replicas <n>', "number of replicas (default: the scenario's)", int('--replicas'))
@@ -64,23 +66,24 @@ program
   .option('--duration <s>', 'stop after this many seconds (simulated with --fast)', positive('--duration'))
   .option('--trace <file>', 'with --fast: write the run as a trace (JSON Lines; .gz to compress)')
   .option('--fast', 'run in-process as fast as possible instead of serving')
-  .action(async (o) => {
-    process.exitCode = await runSim({
-      replicas: o.replicas,
-      port: o.port,
-      controlPort: o.controlPort,
-      host: o.host,
-      scenario: o.scenario,
-      speed: o.speed,
-      seed: o.seed,
-      metrics: o.metrics,
-      logDir: o.logDir,
-      quiet: o.quiet === true,
-      durationSec: o.duration,
-      trace: o.trace,
-      fast: o.fast === true,
-    })
+addLoadOptions(sim).action(async (o) => {
+  process.exitCode = await runSim({
+    load: loadFromCli(o),
+    replicas: o.replicas,
+    port: o.port,
+    controlPort: o.controlPort,
+    host: o.host,
+    scenario: o.scenario,
+    speed: o.speed,
+    seed: o.seed,
+    metrics: o.metrics,
+    logDir: o.logDir,
+    quiet: o.quiet === true,
+    durationSec: o.duration,
+    trace: o.trace,
+    fast: o.fast === true,
   })
+})
 
 program
   .command('record')

@@ -9,6 +9,7 @@ import { SimFleet } from '../sim/fleet.js'
 import { writeSimulationTrace } from '../sim/run.js'
 import { scenario as namedScenario } from '../sim/scenarios.js'
 import { SimServer } from '../sim/server.js'
+import { type LoadCliOptions, scenarioLoad } from './load.js'
 import { untilStopped } from './until-stopped.js'
 
 export interface SimCliOptions {
@@ -25,6 +26,8 @@ export interface SimCliOptions {
   durationSec?: number
   trace?: string
   fast: boolean
+  /** Requests/s per replica, the load shape, and an arrivals CSV in the Azure trace format. */
+  load: LoadCliOptions
 }
 
 export async function runSim(o: SimCliOptions): Promise<number> {
@@ -34,6 +37,7 @@ export async function runSim(o: SimCliOptions): Promise<number> {
     const res = await writeSimulationTrace(o.trace, {
       scenario: o.scenario,
       seed: o.seed,
+      ...scenarioLoad(o.load),
       ...(o.replicas === undefined ? {} : { replicas: o.replicas }),
       ...(o.durationSec === undefined ? {} : { durationMs: o.durationSec * 1000 }),
     })
@@ -45,6 +49,7 @@ export async function runSim(o: SimCliOptions): Promise<number> {
   }
   const sc = namedScenario(o.scenario, {
     seed: o.seed,
+    ...scenarioLoad(o.load),
     ...(o.replicas === undefined ? {} : { replicas: o.replicas }),
   })
   const fleet = new SimFleet({ ...sc.fleet, basePort: o.port || 8000, epochMs: Date.now() })

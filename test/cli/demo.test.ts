@@ -62,6 +62,34 @@ describe('vllm-monitor sim --fast and replay', () => {
     })
   })
 
+  it('takes the load from a CSV in the Azure trace format, naming the line of a bad row', async () => {
+    const csv = join(dir, 'arrivals.csv')
+    writeFileSync(
+      csv,
+      'TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\nbad,row\n',
+    )
+    await expect(
+      run(['sim', '--fast', '--trace', join(dir, 'x.jsonl'), '--trace-csv', csv]),
+    ).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/arrivals\.csv line 3: expected 3 columns/),
+    })
+    const trace = join(dir, 'poisson.jsonl')
+    const ok = await run([
+      'sim',
+      '--fast',
+      '--trace',
+      trace,
+      '--load',
+      'poisson',
+      '--rate',
+      '20',
+      '--duration',
+      '60',
+    ])
+    expect(ok.stdout).toMatch(/scenario steady, 60 s simulated/)
+  })
+
   it('refuses an unknown scenario and lists the known ones', async () => {
     await expect(run(['sim', '--scenario', 'nope'])).rejects.toMatchObject({
       stderr: expect.stringMatching(/Allowed choices are steady, kv-exhaustion/),

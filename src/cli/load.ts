@@ -1,0 +1,51 @@
+/** The load options `demo` and `sim` share: rate, shape, and a custom arrivals trace. */
+import type { Command } from 'commander'
+import { InvalidArgumentError as CliArgError, Option } from 'commander'
+import { loadTraceCsv } from '../sim/arrivals.js'
+import type { ScenarioOptions } from '../sim/scenarios.js'
+
+export interface LoadCliOptions {
+  rate?: number
+  load?: 'trace' | 'poisson'
+  traceCsv?: string
+}
+
+export function addLoadOptions(cmd: Command): Command {
+  return cmd
+    .option('--rate <req/s>', "requests per second per replica (default: the scenario's)", (v: string) => {
+      const n = Number(v)
+      if (!Number.isFinite(n) || n <= 0) throw new CliArgError('--rate must be a positive number')
+      return n
+    })
+    .addOption(
+      new Option('--load <shape>', 'arrivals: the real trace, or Poisson with conversation lengths').choices([
+        'trace',
+        'poisson',
+      ]),
+    )
+    .option(
+      '--trace-csv <file>',
+      'arrivals from a CSV in the Azure LLM trace format instead of the bundled one',
+    )
+}
+
+export function loadFromCli(o: {
+  rate?: number
+  load?: 'trace' | 'poisson'
+  traceCsv?: string
+}): LoadCliOptions {
+  return {
+    ...(o.rate === undefined ? {} : { rate: o.rate }),
+    ...(o.load === undefined ? {} : { load: o.load }),
+    ...(o.traceCsv === undefined ? {} : { traceCsv: o.traceCsv }),
+  }
+}
+
+/** Scenario options for the load flags; a bad CSV throws a TraceParseError naming its line. */
+export function scenarioLoad(l: LoadCliOptions): ScenarioOptions {
+  return {
+    ...(l.rate === undefined ? {} : { ratePerReplica: l.rate }),
+    ...(l.load === undefined ? {} : { load: l.load }),
+    ...(l.traceCsv === undefined ? {} : { traceRows: loadTraceCsv(l.traceCsv) }),
+  }
+}
