@@ -17,7 +17,7 @@
 import { reportCallbackError } from '../gpu/util.js'
 import { LifecycleMachine } from '../lifecycle/machine.js'
 import { rollUpStates } from '../lifecycle/rollup.js'
-import { TelemetryStore } from '../telemetry/store.js'
+import { nullDerived, TelemetryStore } from '../telemetry/store.js'
 import type {
   Checkpoint,
   Detector,
@@ -105,21 +105,6 @@ interface ReplicaState {
   troubleAt: number
   troubleReason: string
   derived: EngineDerived | null
-}
-
-function emptyDerived(): EngineDerived {
-  return {
-    preemptionsPerSec: null,
-    promptTokensPerSec: null,
-    generationTokensPerSec: null,
-    stepsPerSec: null,
-    errorsPerSec: null,
-    ttftMeanMs: null,
-    itlMeanMs: null,
-    e2eMeanMs: null,
-    queueTimeMeanMs: null,
-    stalledForMs: null,
-  }
 }
 
 export class MonitorCore {
@@ -609,7 +594,7 @@ export class MonitorCore {
         reason: m.state === 'ERROR' && r.cause !== null ? `${m.reason}; root cause: ${r.cause}` : m.reason,
         reading: r.reading,
         readingAt: r.readingAt,
-        derived: r.derived === null ? emptyDerived() : { ...r.derived },
+        derived: r.derived === null ? nullDerived() : { ...r.derived },
       })
     }
     const gpus = [...this.gpus.values()].sort((a, b) => a.gpu - b.gpu)

@@ -5,6 +5,7 @@
  * physics, memory checks).
  */
 import type { EngineReading, FaultLabel, FaultType, MonitorEvent } from '../telemetry/types.js'
+import { emptyEngineReading } from '../vllm/engine-metrics.js'
 import { type RequestSink, SimEngine, type SimRequest } from './engine.js'
 import type { FaultSpec } from './faults.js'
 import type { SimGpu } from './gpu.js'
@@ -397,32 +398,11 @@ export class SimReplica {
   reading(): EngineReading {
     const e = this.engine
     const up = this.listening
-    const base: EngineReading = {
-      replica: this.name,
-      engine: up ? '0' : null,
-      modelName: up ? this.config.model.name : null,
-      reachable: up,
-      healthStatus: this.healthStatus,
-      error: up ? null : 'ECONNREFUSED',
-      requestsRunning: null,
-      requestsWaiting: null,
-      kvCacheUsage: null,
-      preemptionsTotal: null,
-      promptTokensTotal: null,
-      generationTokensTotal: null,
-      stepsTotal: null,
-      requestsFinishedTotal: null,
-      requestsErroredTotal: null,
-      numGpuBlocks: null,
-      ttftSecondsSum: null,
-      ttftCount: null,
-      itlSecondsSum: null,
-      itlCount: null,
-      e2eSecondsSum: null,
-      e2eCount: null,
-      queueTimeSecondsSum: null,
-      queueTimeCount: null,
-    }
+    const base = emptyEngineReading(this.name, up ? '0' : null)
+    base.modelName = up ? this.config.model.name : null
+    base.reachable = up
+    base.healthStatus = this.healthStatus
+    base.error = up ? null : 'ECONNREFUSED'
     if (!up || e === null) return base
     const f = e.finishedTotal
     base.requestsRunning = e.gaugeRunning

@@ -347,25 +347,28 @@ export class SimServer {
             finish_reason: finish,
           }
         : { index: 0, text: piece, logprobs: null, finish_reason: finish }
+    const sendChunk = (choices: unknown[], usage?: unknown) => {
+      if (!headersSent) {
+        headersSent = true
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
+      }
+      send({
+        id,
+        object: `${object}${chat ? '.chunk' : ''}`,
+        created,
+        model,
+        choices,
+        ...(usage ? { usage } : {}),
+      })
+    }
     let request: SimRequest | null = null
     const done = new Promise<void>((resolve) => {
       const sink: RequestSink = {
         onToken: (r) => {
           const piece = tokenText(r.generated)
           first = r.generated === 1
-          if (stream) {
-            if (!headersSent) {
-              headersSent = true
-              res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
-            }
-            send({
-              id,
-              object: `${object}${chat ? '.chunk' : ''}`,
-              created,
-              model,
-              choices: [choice(piece, null)],
-            })
-          } else text += piece
+          if (stream) sendChunk([choice(piece, null)])
+          else text += piece
         },
         onFinish: (r, reason: FinishReason) => {
           resolve()
@@ -397,19 +400,8 @@ export class SimServer {
             total_tokens: r.promptTokens + r.generated,
           }
           if (stream) {
-            if (!headersSent) {
-              headersSent = true
-              res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
-            }
-            send({
-              id,
-              object: `${object}${chat ? '.chunk' : ''}`,
-              created,
-              model,
-              choices: [choice('', reason)],
-            })
-            if (includeUsage)
-              send({ id, object: `${object}${chat ? '.chunk' : ''}`, created, model, choices: [], usage })
+            sendChunk([choice('', reason)])
+            if (includeUsage) sendChunk([], usage)
             res.write('data: [DONE]\n\n')
             res.end()
           } else {

@@ -281,7 +281,8 @@ interface GpuState {
   io: Float64Array
 }
 
-function nullDerived(): EngineDerived {
+/** Derived values when nothing could be derived yet. */
+export function nullDerived(): EngineDerived {
   return {
     preemptionsPerSec: null,
     promptTokensPerSec: null,

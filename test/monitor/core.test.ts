@@ -1,37 +1,10 @@
 import { describe, expect, it } from 'vitest'
 import { MonitorCore } from '../../src/monitor/core.js'
 import type { EngineReading, GpuReading, TelemetryRecord } from '../../src/telemetry/types.js'
+import { engineRecord, gpuRecord } from '../helpers/records.js'
 
 function engine(t: number, replica: string, over: Partial<EngineReading> = {}): TelemetryRecord {
-  return {
-    t,
-    kind: 'engine',
-    replica,
-    engine: '0',
-    modelName: 'm',
-    reachable: true,
-    healthStatus: 200,
-    error: null,
-    requestsRunning: 0,
-    requestsWaiting: 0,
-    kvCacheUsage: 0.1,
-    preemptionsTotal: 0,
-    promptTokensTotal: 0,
-    generationTokensTotal: 0,
-    stepsTotal: 0,
-    requestsFinishedTotal: 0,
-    requestsErroredTotal: 0,
-    numGpuBlocks: 1000,
-    ttftSecondsSum: 0,
-    ttftCount: 0,
-    itlSecondsSum: 0,
-    itlCount: 0,
-    e2eSecondsSum: 0,
-    e2eCount: 0,
-    queueTimeSecondsSum: 0,
-    queueTimeCount: 0,
-    ...over,
-  }
+  return engineRecord(t, replica, over)
 }
 
 function refused(t: number, replica: string): TelemetryRecord {
@@ -43,26 +16,7 @@ function refused(t: number, replica: string): TelemetryRecord {
 }
 
 function gpu(t: number, over: Partial<GpuReading> = {}): TelemetryRecord {
-  return {
-    t,
-    kind: 'gpu',
-    gpu: 0,
-    replica: 'r0',
-    uuid: null,
-    name: 'H100',
-    lost: false,
-    memoryUsedBytes: 70e9,
-    memoryTotalBytes: 80e9,
-    gpuUtilizationPercent: 50,
-    powerWatts: 300,
-    powerLimitWatts: 700,
-    temperatureCelsius: 60,
-    smClockMhz: 1980,
-    clockEventReasons: 0,
-    eccCorrectedVolatile: 0,
-    eccUncorrectedVolatile: 0,
-    ...over,
-  }
+  return gpuRecord(t, over)
 }
 
 /** Feeds records and ticks every 100 ms up to each record's time. */

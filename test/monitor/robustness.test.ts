@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createMonitor, type VLLMEngineMonitor } from '../../src/monitor/monitor.js'
 import type { TelemetryRecord } from '../../src/telemetry/types.js'
 import { fakeNvmlPath, useScenario, waitFor } from '../helpers/fake-nvml.js'
+import { engineRecord } from '../helpers/records.js'
 
 const monitors: VLLMEngineMonitor[] = []
 const dirs: string[] = []
@@ -21,35 +22,8 @@ function manualClock() {
   return { now: () => now, set: (t: number) => (now = t) }
 }
 
-function serving(t: number): TelemetryRecord & { kind: 'engine' } {
-  return {
-    t,
-    kind: 'engine',
-    replica: 'r0',
-    engine: '0',
-    modelName: 'm',
-    reachable: true,
-    healthStatus: 200,
-    error: null,
-    requestsRunning: 0,
-    requestsWaiting: 0,
-    kvCacheUsage: 0,
-    preemptionsTotal: 0,
-    promptTokensTotal: 0,
-    generationTokensTotal: 0,
-    stepsTotal: 0,
-    requestsFinishedTotal: 0,
-    requestsErroredTotal: 0,
-    numGpuBlocks: 10,
-    ttftSecondsSum: 0,
-    ttftCount: 0,
-    itlSecondsSum: 0,
-    itlCount: 0,
-    e2eSecondsSum: 0,
-    e2eCount: 0,
-    queueTimeSecondsSum: 0,
-    queueTimeCount: 0,
-  }
+function serving(t: number) {
+  return engineRecord(t, 'r0', { kvCacheUsage: 0, numGpuBlocks: 10 })
 }
 
 describe('the monitor in a host process', () => {
