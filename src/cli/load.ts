@@ -6,7 +6,7 @@ import type { ScenarioOptions } from '../sim/scenarios.js'
 
 export interface LoadCliOptions {
   rate?: number
-  load?: 'trace' | 'poisson'
+  load?: 'mixed' | 'trace' | 'poisson'
   traceCsv?: string
 }
 
@@ -18,10 +18,10 @@ export function addLoadOptions(cmd: Command): Command {
       return n
     })
     .addOption(
-      new Option('--load <shape>', 'arrivals: the real trace, or Poisson with conversation lengths').choices([
-        'trace',
-        'poisson',
-      ]),
+      new Option(
+        '--load <shape>',
+        'arrivals: mixed (the real trace + a Poisson background), the trace alone, or Poisson alone',
+      ).choices(['mixed', 'trace', 'poisson']),
     )
     .option(
       '--trace-csv <file>',

@@ -9,7 +9,14 @@
  */
 import { SimScenarioError } from '../errors.js'
 import type { FaultType } from '../telemetry/types.js'
-import { CODE_TOKENS, loadTraceCsv, poissonArrivals, type TraceRow, traceArrivals } from './arrivals.js'
+import {
+  CODE_TOKENS,
+  loadTraceCsv,
+  mergeArrivals,
+  poissonArrivals,
+  type TraceRow,
+  traceArrivals,
+} from './arrivals.js'
 import type { FaultSpecInput } from './faults.js'
 import type { FleetOptions } from './fleet.js'
 import type { Seed } from './random.js'
@@ -31,8 +38,12 @@ export interface ScenarioOptions {
   ratePerReplica?: number
   /** Rows of the arrivals trace (default: the Azure code trace shipped in data/traces). */
   traceRows?: readonly TraceRow[]
-  /** Load shape: the real trace (default) or Poisson with the conversation trace's lengths. */
-  load?: 'trace' | 'poisson'
+  /**
+   * Load shape. `mixed` (default): the real trace for 3/4 of the rate plus a Poisson background
+   * (conversation lengths) for 1/4, since the code trace alone has silent half-minutes that a
+   * production fleet with other tenants rarely sees. `trace`: the trace alone. `poisson`: Poisson alone.
+   */
+  load?: 'mixed' | 'trace' | 'poisson'
 }
 
 const TRACE_MEAN_RATE = 2.57
@@ -56,7 +67,11 @@ interface Recipe {
 }
 
 const RECIPES: Record<string, Recipe> = {
-  steady: { description: 'trace-driven load, no fault', durationMs: 300_000, faults: [] },
+  steady: {
+    description: 'trace-driven load with a Poisson background, no fault',
+    durationMs: 300_000,
+    faults: [],
+  },
   'kv-exhaustion': {
     description: 'a surge of long generations on r0 fills its KV cache: preemption storm, queue grows',
     durationMs: 240_000,
@@ -135,15 +150,25 @@ export function scenario(name: string, options: ScenarioOptions = {}): Scenario 
   const replicas = options.replicas ?? recipe.replicas ?? 1
   const rate = options.ratePerReplica ?? recipe.ratePerReplica ?? 5
   if (!(rate > 0)) throw new SimScenarioError(`ratePerReplica must be > 0 (got ${rate})`)
-  const load = options.load ?? 'trace'
+  const load = options.load ?? 'mixed'
+  if (load !== 'mixed' && load !== 'trace' && load !== 'poisson') {
+    throw new SimScenarioError(`load must be 'mixed', 'trace' or 'poisson' (got ${JSON.stringify(load)})`)
+  }
+  const poissonShare = load === 'poisson' ? 1 : load === 'mixed' ? 0.25 : 0
+  const poisson = () =>
+    poissonArrivals({
+      ratePerSec: rate * replicas * poissonShare,
+      seed: `${String(seed)}/arrivals`,
+      maxModelLen: 8192,
+    })
+  const trace = () =>
+    traceArrivals(options.traceRows ?? defaultRows(), {
+      rateMultiplier: (rate * replicas * (1 - poissonShare)) / TRACE_MEAN_RATE,
+      loop: true,
+      maxModelLen: 8192,
+    })
   const arrivals =
-    load === 'poisson'
-      ? poissonArrivals({ ratePerSec: rate * replicas, seed: `${String(seed)}/arrivals`, maxModelLen: 8192 })
-      : traceArrivals(options.traceRows ?? defaultRows(), {
-          rateMultiplier: (rate * replicas) / TRACE_MEAN_RATE,
-          loop: true,
-          maxModelLen: 8192,
-        })
+    load === 'poisson' ? poisson() : load === 'trace' ? trace() : mergeArrivals(trace(), poisson())
   const faults = recipe.faults.map((f) => ({ ...f }))
   if (name === 'thermal-throttle' && options.load === undefined) {
     // Heat needs sustained, steady prefill: code-trace lengths as a Poisson stream at about 70 % of

@@ -463,9 +463,12 @@ describe('GpuSampler and the process lifetime', () => {
         s.on('xid', () => {})
         s.watch({ device: 0, memoryUsedFraction: 0.99 }, () => {})
         s.start()
+        // Held until its threads are counted: an early GC must not take it before that.
+        globalThis.keep = s
       })()
       await new Promise((r) => setTimeout(r, 100))
       const before = threads()
+      delete globalThis.keep
       for (let i = 0; i < 20 && threads() > 0; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 50)) }
       console.log(JSON.stringify({ before, after: threads() }))
     `
