@@ -105,6 +105,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
         `  ${(tr.t / 1000).toFixed(1).padStart(6)}s  ${tr.replica}  monitor: ${tr.from} -> ${tr.to} (${tr.reason})`,
       )
     }
+    out('At the end:')
+    for (const r of m.getStatus().replicas) out(`  ${r.replica}  ${r.lifecycleState}: ${r.reason}`)
   } else {
     out(JSON.stringify({ summary: { labels, transitions } }))
   }
