@@ -375,6 +375,28 @@ export class MonitorCore {
       return
     }
     this.event(t, event)
+    if (event.type === 'process-spawn' && event.replica !== null) {
+      // A supervisor started (or restarted) the server process: a new start-up begins.
+      const r = this.replica(event.replica)
+      r.downSinceError = false
+      r.answered = false
+      const s = r.machine.state
+      if (s === 'NOT_STARTED' || s === 'ERROR' || s === 'SHUTTING_DOWN') {
+        this.move(r, 'INITIALIZING', t, `process started (pid ${String(event.data?.pid ?? '?')})`)
+      }
+      return
+    }
+    if (event.type === 'process-exit' && event.replica !== null) {
+      // vLLM can exit 0 after engine death (#48966): the supervisor classifies the exit from the
+      // log tail and says so in the message; a shutdown we asked for ends in NOT_STARTED.
+      const r = this.replica(event.replica)
+      r.answered = false
+      r.downSinceError = true
+      const s = r.machine.state
+      if (s === 'SHUTTING_DOWN') this.move(r, 'NOT_STARTED', t, event.message)
+      else if (s !== 'ERROR' && s !== 'NOT_STARTED') this.move(r, 'ERROR', t, event.message)
+      return
+    }
     const replica = event.replica ?? this.replicaOfGpu(event.gpu)
     if (replica === null) return
     const xid = typeof event.data?.xid === 'number' ? event.data.xid : null
