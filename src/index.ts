@@ -77,6 +77,19 @@ export { ENV_VARS, type MonitorOptions, optionsFromEnv, resolveOptions } from '.
 export { type ReplayOptions, replayCheckpoints } from './monitor/replay.js'
 export type { MonitorStatus, ReplicaStatus } from './monitor/status.js'
 export {
+  type AutoFix,
+  applyFixes,
+  CHECK_IDS,
+  type CheckId,
+  type CheckResult,
+  type CheckStatus,
+  type FixOutcome,
+  type PrestartupOptions,
+  type PrestartupReport,
+  type ProgressEvent,
+  prestartupCheck,
+} from './prestartup/index.js'
+export {
   type Arrival,
   type ArrivalSource,
   burstArrivals,
@@ -119,8 +132,38 @@ export type {
 export { TRACE_FORMAT, TRACE_VERSION, type TraceHeader } from './trace/format.js'
 export { readTrace, readTraceHeader } from './trace/reader.js'
 export { createTraceWriter, TraceWriter } from './trace/writer.js'
+export {
+  type Capability,
+  type ControlCapabilities,
+  type ControlFailure,
+  type ControlResult,
+  type PauseMode,
+  VllmControlClient,
+  type VllmControlClientOptions,
+} from './vllm/control.js'
 export { readEngineMetrics } from './vllm/engine-metrics.js'
 export { parseExposition } from './vllm/exposition.js'
+export {
+  type BucketCounts,
+  HistogramWindow,
+  type HistogramWindowOptions,
+  histogramQuantile,
+  type LatencyHistograms,
+  LatencyWindows,
+  mergeLatencyHistograms,
+} from './vllm/histogram-window.js'
 export { classifyLogLine, parseLogLine } from './vllm/log-lines.js'
 export { LogLineSource } from './vllm/log-source.js'
+export { LogTail, type LogTailOptions } from './vllm/log-tail.js'
+export { HealthProbeSource, type HealthProbeSourceOptions, type ProbeEndpoint } from './vllm/probes.js'
 export { fetchExposition, HttpScrapeSource, scrapeOnce } from './vllm/scraper.js'
+export {
+  type ExitInfo,
+  type OutputStream,
+  type RestartPolicy,
+  type SupervisorEvents,
+  type SupervisorState,
+  type TailLine,
+  VllmSupervisor,
+  type VllmSupervisorOptions,
+} from './vllm/supervisor.js'

@@ -5,10 +5,13 @@ import { openGpuSource } from '../gpu/source.js'
 import { SCENARIO_NAMES } from '../sim/scenarios.js'
 import { runDemo } from './demo.js'
 import { addLoadOptions, loadFromCli } from './load.js'
+import { registerPrestartupCheck } from './prestartup.js'
 import { runRecord } from './record.js'
 import { renderGpuTable } from './render.js'
 import { runReplay } from './replay.js'
+import { registerRun } from './run.js'
 import { runSim } from './sim.js'
+import { registerWatch } from './watch.js'
 
 const int = (name: string) => (v: string) => {
   const n = Number(v)
@@ -66,9 +69,16 @@ const sim = program
   .option('--duration <s>', 'stop after this many seconds (simulated with --fast)', positive('--duration'))
   .option('--trace <file>', 'with --fast: write the run as a trace (JSON Lines; .gz to compress)')
   .option('--fast', 'run in-process as fast as possible instead of serving')
+  .option(
+    '--dev-mode',
+    "serve vLLM's dev endpoints (/pause, /sleep, /reset_prefix_cache...) as VLLM_SERVER_DEV_MODE=1 does",
+  )
+  .option('--enable-sleep-mode', 'as vllm serve --enable-sleep-mode')
 addLoadOptions(sim).action(async (o) => {
   process.exitCode = await runSim({
     load: loadFromCli(o),
+    devMode: o.devMode === true ? true : undefined,
+    enableSleepMode: o.enableSleepMode === true,
     replicas: o.replicas,
     port: o.port,
     controlPort: o.controlPort,
@@ -159,6 +169,9 @@ program
     process.once('SIGTERM', stop)
   })
 
+registerPrestartupCheck(program)
+registerRun(program)
+registerWatch(program)
 program.parseAsync().catch((err: unknown) => {
   if (err instanceof VllmMonitorError) {
     console.error(`vllm-monitor: ${err.message} (${err.code})`)

@@ -28,6 +28,10 @@ export interface SimCliOptions {
   fast: boolean
   /** Requests/s per replica, the load shape, and an arrivals CSV in the Azure trace format. */
   load: LoadCliOptions
+  /** Serve vLLM's dev endpoints (`--dev-mode`; default: `VLLM_SERVER_DEV_MODE=1` in the environment). */
+  devMode?: boolean
+  /** `--enable-sleep-mode`: `/sleep` frees the simulated GPU memory. */
+  enableSleepMode?: boolean
 }
 
 export async function runSim(o: SimCliOptions): Promise<number> {
@@ -62,6 +66,8 @@ export async function runSim(o: SimCliOptions): Promise<number> {
     controlPort: o.controlPort,
     speed: o.speed,
     metricsGeneration: o.metrics,
+    ...(o.devMode === undefined ? {} : { devMode: o.devMode }),
+    ...(o.enableSleepMode === undefined ? {} : { enableSleepMode: o.enableSleepMode }),
     onLog: (replica, _stream, text) => {
       if (o.logDir !== undefined) {
         let f = files.get(replica)
@@ -84,6 +90,12 @@ export async function runSim(o: SimCliOptions): Promise<number> {
     console.error(
       `  ${name}  ${url}  (vLLM API: /metrics /health /v1/models /v1/completions /v1/chat/completions)`,
     )
+  if (server.devMode) {
+    console.error(
+      `  dev mode: /pause /resume /is_paused /sleep /wake_up /is_sleeping /reset_prefix_cache /server_info` +
+        (server.enableSleepMode ? '' : ' (sleep mode off: /sleep answers 500)'),
+    )
+  }
   console.error(
     `  control ${server.controlUrl}  (/sim/gpus /sim/events /sim/labels /sim/state, POST /sim/faults /sim/restart)`,
   )

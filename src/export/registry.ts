@@ -49,6 +49,8 @@ export const MetricNames = {
   requestsWaiting: 'vllm:monitor_requests_waiting',
   preemptions: 'vllm:monitor_preemptions_per_second',
   engineStalled: 'vllm:monitor_engine_stalled_seconds',
+  ttftP99: 'vllm:monitor_ttft_p99_seconds',
+  itlP99: 'vllm:monitor_itl_p99_seconds',
   gpuInfo: 'vllm:monitor_gpu_info',
   gpuMemoryUsed: 'vllm:monitor_gpu_memory_used_bytes',
   gpuMemoryTotal: 'vllm:monitor_gpu_memory_total_bytes',
@@ -85,6 +87,8 @@ export class MonitorMetrics {
   readonly #state: GaugeFamily<'replica' | 'state'>
   readonly #preemptions: GaugeFamily<'replica'>
   readonly #stalled: GaugeFamily<'replica'>
+  readonly #ttftP99: GaugeFamily<'replica'>
+  readonly #itlP99: GaugeFamily<'replica'>
   readonly #gpuInfo: GaugeFamily<'gpu' | 'uuid' | 'name' | 'replica'>
   readonly #gpu: Record<
     | 'memoryUsed'
@@ -166,6 +170,16 @@ export class MonitorMetrics {
       'Seconds since the replica last generated a token while requests were running; absent when idle.',
       ['replica'],
     )
+    this.#ttftP99 = g(
+      n.ttftP99,
+      "p99 time to first token on the replica over the scraper's quantile window (60 s by default), from vllm:time_to_first_token_seconds buckets; absent without requests in the window.",
+      ['replica'],
+    )
+    this.#itlP99 = g(
+      n.itlP99,
+      "p99 inter-token latency on the replica over the scraper's quantile window, from vllm:inter_token_latency_seconds buckets; absent without tokens in the window.",
+      ['replica'],
+    )
     this.#gpuInfo = g(n.gpuInfo, 'Always 1; labels name the GPU and the replica using it.', [
       'gpu',
       'uuid',
@@ -208,6 +222,8 @@ export class MonitorMetrics {
       this.#state,
       this.#preemptions,
       this.#stalled,
+      this.#ttftP99,
+      this.#itlP99,
       this.#gpuInfo,
       this.#failure,
       ...Object.values(this.#gpu),
@@ -241,6 +257,8 @@ export class MonitorMetrics {
       this.#waiting.put(name, rep.waitingRequests, e)
       this.#kv.put(name, rep.kvCacheUsage, e)
       this.#tokens.observe(name, rep.tokensGenerated, e)
+      this.#ttftP99.put(name, rep.ttftP99Ms === null ? null : rep.ttftP99Ms / 1000, e)
+      this.#itlP99.put(name, rep.itlP99Ms === null ? null : rep.itlP99Ms / 1000, e)
       const keys = this.#stateKeys(name)
       for (let i = 0; i < kStates.length; i++)
         this.#state.put(keys[i]!, kStates[i] === rep.lifecycleState ? 1 : 0, e)

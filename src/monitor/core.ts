@@ -12,6 +12,12 @@
  * flat for `hangAfterMs` is a hang (ERROR); KV usage at the top with preemptions, failing requests,
  * timeouts and thermal throttling make a serving replica DEGRADED until they clear for
  * `recoverAfterMs`; fatal log signatures and GPU events (Xid 48/79/94/95..., GPU lost) are ERROR.
+ *
+ * Probes (`probe` events, vllm.md §0 #3): an end-to-end probe (a `max_tokens: 1` completion) that
+ * fails `e2eFailuresBeforeError` times in a row while `/health` says 200 and no tokens flow is an
+ * engine that does not answer (ERROR), left again when the probe passes; failing while tokens flow
+ * is overload (DEGRADED). Staleness: a replica whose newest reading is older than `staleAfterMs` is
+ * `stale` in its snapshot, and no reading-based rule fires on it until a fresh reading comes.
  */
 
 import { reportCallbackError } from '../gpu/util.js'
@@ -42,6 +48,10 @@ export interface MonitorCoreOptions {
   recoverAfterMs: number
   /** KV usage at or above this, with preemptions, is pressure. */
   kvPressureThreshold: number
+  /** A replica whose newest reading is older than this is stale (Infinity: never). */
+  staleAfterMs: number
+  /** End-to-end probe failures in a row (with `/health` 200) that make a replica ERROR. */
+  e2eFailuresBeforeError: number
   eventsCapacity: number
   errorsCapacity: number
   detectors: readonly Detector[]
@@ -57,6 +67,10 @@ export const DEFAULT_CORE_OPTIONS: MonitorCoreOptions = {
   hangAfterMs: 30_000,
   recoverAfterMs: 5_000,
   kvPressureThreshold: 0.95,
+  // Off unless configured: the monitor derives it from its scrape interval; replays of traces
+  // recorded without it must not start calling replicas stale.
+  staleAfterMs: Number.POSITIVE_INFINITY,
+  e2eFailuresBeforeError: 3,
   eventsCapacity: 200,
   errorsCapacity: 100,
   detectors: [],
@@ -71,6 +85,7 @@ const FATAL_EVENTS = new Set([
   'engine-dead',
   'worker-died',
   'nccl-timeout',
+  'nccl-error',
   'illegal-memory-access',
   'uncorrectable-ecc',
   'launch-failure',
@@ -80,6 +95,9 @@ const FATAL_EVENTS = new Set([
 ])
 /** Death notices that name no cause: the lines after them do. */
 const GENERIC_FATAL = new Set(['engine-dead', 'worker-died'])
+/** The end-to-end probe's endpoint in `probe` events. */
+const E2E_ENDPOINT = '/v1/completions'
+
 /** Xids that end the application on that GPU (sim-calibration §5). */
 const FATAL_XIDS = new Set([48, 74, 79, 94, 95, 119, 120])
 const THERMAL_REASONS = 0x8 | 0x20 | 0x40
@@ -105,6 +123,14 @@ interface ReplicaState {
   troubleAt: number
   troubleReason: string
   derived: EngineDerived | null
+  /** The newest reading is older than `staleAfterMs`. */
+  stale: boolean
+  /** `/health` status from the newest `/health` probe event (null: failed or none). */
+  probeHealth: number | null
+  /** End-to-end probe failures in a row. */
+  e2eFailures: number
+  /** In ERROR because the end-to-end probe failed: a passing probe ends it. */
+  e2eDown: boolean
 }
 
 export class MonitorCore {
@@ -371,10 +397,20 @@ export class MonitorCore {
       // A log line that marks a start-up or shutdown phase; not an event worth showing by itself.
       const to = event.data?.state as LifecycleState | undefined
       if (event.replica !== null && to !== undefined)
-        this.hint(this.replica(event.replica), to, t, event.message)
+        this.hint(
+          this.replica(event.replica),
+          to,
+          t,
+          event.message,
+          typeof event.data?.source === 'string' ? event.data.source : 'log',
+        )
       return
     }
     this.event(t, event)
+    if (event.type === 'probe' && event.replica !== null) {
+      this.applyProbe(this.replica(event.replica), t, event)
+      return
+    }
     if (event.type === 'process-spawn' && event.replica !== null) {
       // A supervisor started (or restarted) the server process: a new start-up begins.
       const r = this.replica(event.replica)
@@ -395,6 +431,10 @@ export class MonitorCore {
       const s = r.machine.state
       if (s === 'SHUTTING_DOWN') this.move(r, 'NOT_STARTED', t, event.message)
       else if (s !== 'ERROR' && s !== 'NOT_STARTED') this.move(r, 'ERROR', t, event.message)
+      else if (s === 'ERROR' && r.cause === null && event.data?.cause != null) {
+        // Already in ERROR from a generic death line: the exit's classification names the cause.
+        r.cause = event.message
+      }
       return
     }
     const replica = event.replica ?? this.replicaOfGpu(event.gpu)
@@ -412,11 +452,83 @@ export class MonitorCore {
     }
   }
 
+  /** A `probe` event from a HealthProbeSource: `/health` status, and the end-to-end rule. */
+  private applyProbe(r: ReplicaState, t: number, event: MonitorEvent): void {
+    const d = event.data ?? {}
+    const status = typeof d.status === 'number' ? d.status : null
+    if (d.endpoint === '/health') {
+      r.probeHealth = d.ok === true ? status : null
+      return
+    }
+    if (d.endpoint !== E2E_ENDPOINT) return
+    if (d.ok === true) {
+      r.e2eFailures = 0
+      if (r.e2eDown && r.machine.state === 'ERROR') {
+        r.e2eDown = false
+        this.walk(r, 'SERVING', t, 'the end-to-end probe answers again: the engine recovered')
+      }
+      return
+    }
+    // Paused or asleep on purpose (the dev endpoints say so), or the probe's own mistake (4xx: a
+    // wrong model name, a missing API key): no evidence against the engine.
+    if (d.suspended === true || (status !== null && status >= 400 && status < 500)) return
+    r.e2eFailures = typeof d.consecutiveFailures === 'number' ? d.consecutiveFailures : r.e2eFailures + 1
+    const s = r.machine.state
+    if (r.e2eFailures < this.options.e2eFailuresBeforeError || (s !== 'SERVING' && s !== 'DEGRADED')) return
+    const reading = r.reading
+    const healthy = (reading?.reachable === true && reading.healthStatus === 200) || r.probeHealth === 200
+    if (!healthy) return
+    const err = typeof d.error === 'string' ? d.error : `HTTP ${status ?? '?'}`
+    const how = err === 'ETIMEDOUT' ? 'timed out' : `failed (${err})`
+    const tokensPerSec = r.stale ? null : (r.derived?.generationTokensPerSec ?? null)
+    if (tokensPerSec !== null && tokensPerSec > 0) {
+      // Tokens still flow: the engine works but is too loaded to answer in time.
+      r.troubleAt = t
+      r.troubleReason = `end-to-end probe ${how} ${r.e2eFailures} times in a row while tokens flow (overloaded)`
+      return
+    }
+    this.move(
+      r,
+      'ERROR',
+      t,
+      `engine not answering: end-to-end probe ${how} ${r.e2eFailures} times in a row while /health says 200`,
+    )
+    r.e2eDown = true
+    this.event(t, {
+      type: 'engine-unresponsive',
+      severity: 'critical',
+      replica: r.name,
+      gpu: null,
+      message: `${r.name}: end-to-end probe ${how} ${r.e2eFailures} times in a row; /health still 200`,
+      data: { failures: r.e2eFailures, error: err },
+    })
+  }
+
   // --- rules ------------------------------------------------------------------------------------
 
   private evaluate(r: ReplicaState, t: number): void {
+    const stale = r.readingAt !== null && t - r.readingAt > this.options.staleAfterMs
+    if (stale !== r.stale) {
+      r.stale = stale
+      const age = r.readingAt === null ? 0 : Math.round((t - r.readingAt) / 100) / 10
+      this.event(t, {
+        type: stale ? 'stale' : 'fresh',
+        severity: stale ? 'warning' : 'info',
+        replica: r.name,
+        gpu: null,
+        message: stale
+          ? `${r.name}: no reading for ${age} s (over ${this.options.staleAfterMs} ms): its metrics are stale, rules paused`
+          : `${r.name}: readings again`,
+      })
+    }
     const state = r.machine.state
     if (state !== 'SERVING' && state !== 'DEGRADED') return
+    // Stale numbers prove nothing either way: no hang, no pressure, no recovery until fresh ones
+    // (and a recovery counts its clear time from fresh readings only).
+    if (stale) {
+      r.degradedClearSince = null
+      return
+    }
     const d = r.derived
     if (d !== null && d.stalledForMs !== null && d.stalledForMs >= this.options.hangAfterMs) {
       const running = r.reading?.requestsRunning ?? 0
@@ -495,9 +607,11 @@ export class MonitorCore {
   }
 
   /** A log line naming a phase: start-up phases walk forward, a new start-up leaves ERROR. */
-  private hint(r: ReplicaState, to: LifecycleState, t: number, line: string): void {
+  private hint(r: ReplicaState, to: LifecycleState, t: number, line: string, source = 'log'): void {
     const s = r.machine.state
-    const reason = `log: ${line.length > 160 ? `${line.slice(0, 157)}...` : line}`
+    // Hints come from log lines, or from a supervisor saying what it did (data.source).
+    const text = line.length > 160 ? `${line.slice(0, 157)}...` : line
+    const reason = source === 'log' ? `log: ${text}` : text
     if (to === 'SHUTTING_DOWN') {
       // After engine death uvicorn also says "Shutting down": the death already explains the exit.
       if (s !== 'NOT_STARTED' && s !== 'SHUTTING_DOWN' && s !== 'ERROR')
@@ -534,6 +648,7 @@ export class MonitorCore {
 
   private move(r: ReplicaState, to: LifecycleState, t: number, reason: string): void {
     if (r.machine.state === to) return
+    r.e2eDown = false
     if (to === 'SERVING' || to === 'READY') r.everUp = true
     if (to === 'ERROR') {
       r.cause = null
@@ -580,6 +695,10 @@ export class MonitorCore {
         troubleAt: Number.NEGATIVE_INFINITY,
         troubleReason: '',
         derived: null,
+        stale: false,
+        probeHealth: null,
+        e2eFailures: 0,
+        e2eDown: false,
       }
       const state = r
       machine.on('transition', (tr) => {
@@ -616,6 +735,7 @@ export class MonitorCore {
         reason: m.state === 'ERROR' && r.cause !== null ? `${m.reason}; root cause: ${r.cause}` : m.reason,
         reading: r.reading,
         readingAt: r.readingAt,
+        stale: r.stale,
         derived: r.derived === null ? nullDerived() : { ...r.derived },
       })
     }

@@ -21,9 +21,16 @@ import type {
 } from '../telemetry/types.js'
 import { TraceWriter } from '../trace/writer.js'
 import { LogLineSource } from '../vllm/log-source.js'
+import { HealthProbeSource } from '../vllm/probes.js'
 import { HttpScrapeSource } from '../vllm/scraper.js'
 import { MonitorCore } from './core.js'
-import { type MonitorOptions, type ResolvedMonitorOptions, resolveOptions } from './options.js'
+import {
+  e2eProbeOptionsSchema,
+  type MonitorOptions,
+  probesOptionsSchema,
+  type ResolvedMonitorOptions,
+  resolveOptions,
+} from './options.js'
 import type { MonitorStatus, ReplicaStatus } from './status.js'
 
 export interface MonitorEvents {
@@ -60,6 +67,13 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
     const o = this.options
     this.now = o.now ?? (() => performance.now() - this.startWall)
     this.active = o.enabled
+    // Scrapes run on wall time; with a custom clock the ratio is unknown, so staleness is opt-in.
+    const staleAfterMs =
+      o.staleAfterMs ??
+      (o.now === undefined
+        ? Math.max(1000, 5 * o.scrapeIntervalMs, o.scrapeTimeoutMs + 2 * o.scrapeIntervalMs)
+        : Number.POSITIVE_INFINITY)
+    const probes = resolveProbes(o.probes)
     if (o.record !== undefined && o.enabled) {
       this.writer = new TraceWriter(o.record, {
         header: {
@@ -72,6 +86,8 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
             hangAfterMs: o.hangAfterMs,
             recoverAfterMs: o.recoverAfterMs,
             kvPressureThreshold: o.kvPressureThreshold,
+            ...(Number.isFinite(staleAfterMs) ? { staleAfterMs } : {}),
+            ...(probes?.e2e ? { e2eFailuresBeforeError: probes.e2e.failuresBeforeError } : {}),
           },
         },
       })
@@ -82,6 +98,8 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       hangAfterMs: o.hangAfterMs,
       recoverAfterMs: o.recoverAfterMs,
       kvPressureThreshold: o.kvPressureThreshold,
+      staleAfterMs,
+      ...(probes?.e2e ? { e2eFailuresBeforeError: probes.e2e.failuresBeforeError } : {}),
       detectors: o.detectors,
       plugins: o.plugins,
       onRecord:
@@ -119,9 +137,26 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
           replicas: scrape,
           intervalMs: o.scrapeIntervalMs,
           timeoutMs: o.scrapeTimeoutMs,
+          quantileWindowMs: Math.max(o.quantileWindowMs, o.scrapeIntervalMs),
           now: this.now,
         }),
       )
+      if (probes !== null) {
+        this.sources.push(
+          new HealthProbeSource({
+            replicas: scrape,
+            now: this.now,
+            intervalMs: probes.intervalMs,
+            timeoutMs: probes.timeoutMs,
+            summaryIntervalMs: probes.summaryIntervalMs,
+            e2e:
+              probes.e2e === null
+                ? false
+                : { intervalMs: probes.e2e.intervalMs, timeoutMs: probes.e2e.timeoutMs },
+            ...(probes.apiKey === undefined ? {} : { apiKey: probes.apiKey }),
+          }),
+        )
+      }
     }
     const gpu = o.gpu
     if (typeof gpu === 'object') {
@@ -177,9 +212,24 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         )
       }
     }
-    this.timer = setInterval(() => this.tick(), o.checkpointIntervalMs)
-    this.timer.unref()
+    this.schedule()
     this.ready = this.startHttp()
+  }
+
+  /**
+   * Takes checkpoints on the grid. On the monitor's own clock each timer fires just after a grid
+   * point (an interval timer drifts and would add up to a whole step of delay to every detection);
+   * on an injected clock (a simulator's) it fires every step of wall time and catches up.
+   */
+  private schedule(): void {
+    if (this.closed) return
+    const step = this.options.checkpointIntervalMs
+    const delay = this.options.now === undefined ? step - (this.now() % step) + 0.5 : step
+    this.timer = setTimeout(() => {
+      this.tick()
+      this.schedule()
+    }, delay)
+    this.timer.unref()
   }
 
   /** Adds a record from outside (a custom source, a replay). */
@@ -249,7 +299,8 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
   }
 
   private async shutdown(): Promise<void> {
-    if (this.timer !== null) clearInterval(this.timer)
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
     // Apply (and record) what the sources delivered, up to the grid point at or after now.
     if (this.active) this.tick(true)
     this.closed = true
@@ -407,6 +458,8 @@ export function statusOf(core: MonitorCore, cp: Checkpoint | null, ctx: StatusCo
       avgStepDurationMs: stepMs,
       ttftMeanMs: d.ttftMeanMs,
       itlMeanMs: d.itlMeanMs,
+      ttftP99Ms: r?.ttftP99Ms ?? null,
+      itlP99Ms: r?.itlP99Ms ?? null,
     })
   }
   return {
@@ -427,6 +480,14 @@ export function statusOf(core: MonitorCore, cp: Checkpoint | null, ctx: StatusCo
     predictions: cp?.predictions ?? [],
     labels: { ...core.labelCounts },
   }
+}
+
+/** `probes: true` / `{...}` with the defaults filled in (end-to-end probe null when off); null when off. */
+function resolveProbes(p: ResolvedMonitorOptions['probes']) {
+  if (p === false) return null
+  const o = p === true ? probesOptionsSchema.parse({}) : p
+  const e2e = o.e2e === false ? null : o.e2e === true ? e2eProbeOptionsSchema.parse({}) : o.e2e
+  return { ...o, e2e }
 }
 
 /** Creates and starts a monitor. Throws only for invalid options (naming them). */

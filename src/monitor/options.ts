@@ -24,6 +24,33 @@ const httpSchema = z.union([
     .strict(),
 ])
 
+/** The end-to-end probe's options (`probes.e2e`). */
+export const e2eProbeOptionsSchema = z
+  .object({
+    /** Pause between the end of one probe and the start of the next. */
+    intervalMs: z.number().int().min(100).default(10_000),
+    /** Deadline of one probe; generous: vLLM misses 10 s under spiky load without being dead. */
+    timeoutMs: z.number().int().min(100).default(30_000),
+    /** Failures in a row (with /health 200 and no tokens flowing) that make the replica ERROR. */
+    failuresBeforeError: z.number().int().min(1).default(3),
+  })
+  .strict()
+
+/** The probes' options (`probes`). */
+export const probesOptionsSchema = z
+  .object({
+    /** `/health`, `/v1/models`, `/version` every this often. */
+    intervalMs: z.number().int().min(100).default(5_000),
+    timeoutMs: z.number().int().min(100).default(10_000),
+    /** One summary event per replica this often (0: none). */
+    summaryIntervalMs: z.number().int().min(0).default(60_000),
+    /** The end-to-end probe (`POST /v1/completions`, `max_tokens: 1`); on unless false. */
+    e2e: z.union([z.boolean(), e2eProbeOptionsSchema]).default(true),
+    /** For vLLM's `--api-key` (it guards `/v1/*`). */
+    apiKey: z.string().min(1).optional(),
+  })
+  .strict()
+
 export const monitorOptionsSchema = z
   .object({
     /** Master switch (`VLLM_ENABLE_MONITORING`); a disabled monitor does nothing and reports inactive. */
@@ -32,9 +59,23 @@ export const monitorOptionsSchema = z
     replicas: z.array(replicaSchema).default([]),
     scrapeIntervalMs: z.number().int().min(20).max(600_000).default(100),
     scrapeTimeoutMs: z.number().int().min(1).max(600_000).default(1000),
+    /** Window of the TTFT / inter-token / e2e / queue-time quantiles computed from vLLM's histograms. */
+    quantileWindowMs: z.number().int().min(20).max(3_600_000).default(60_000),
     checkpointIntervalMs: z.number().int().min(10).max(600_000).default(100),
     /** Requests running with no token or step progress this long is a hang. */
     hangAfterMs: z.number().int().min(100).default(30_000),
+    /**
+     * A replica whose newest reading is older than this is stale: its rules do not fire. Default
+     * max(1000, 5 × scrapeIntervalMs, scrapeTimeoutMs + 2 × scrapeIntervalMs); with a custom
+     * `now`, off unless set (in that clock's ms).
+     */
+    staleAfterMs: z.number().int().min(100).optional(),
+    /**
+     * Probes of `/health`, `/v1/models`, `/version` and an end-to-end completion (vllm.md §0 #3:
+     * `/health` stays 200 while the engine hangs). Off by default: the end-to-end probe sends real
+     * (one-token) requests. `true` = the defaults, end-to-end probe included.
+     */
+    probes: z.union([z.boolean(), probesOptionsSchema]).default(false),
     recoverAfterMs: z.number().int().min(0).default(5_000),
     kvPressureThreshold: z.number().gt(0).max(1).default(0.95),
     /** GPU source: the NVML addon, nvidia-smi, none, `auto`, or a simulator's control URL. */

@@ -17,7 +17,14 @@ export interface ReplayOptions extends Partial<MonitorCoreOptions> {
 export function coreOptionsFromHeader(header: TraceHeader | null): Partial<MonitorCoreOptions> {
   const meta = (header?.meta ?? {}) as Record<string, unknown>
   const out: Partial<MonitorCoreOptions> = {}
-  for (const k of ['checkpointIntervalMs', 'hangAfterMs', 'recoverAfterMs', 'kvPressureThreshold'] as const) {
+  for (const k of [
+    'checkpointIntervalMs',
+    'hangAfterMs',
+    'recoverAfterMs',
+    'kvPressureThreshold',
+    'staleAfterMs',
+    'e2eFailuresBeforeError',
+  ] as const) {
     const v = meta[k]
     if (typeof v === 'number' && Number.isFinite(v)) out[k] = v
   }

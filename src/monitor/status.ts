@@ -15,6 +15,10 @@ export interface ReplicaStatus {
   avgStepDurationMs: number | null
   ttftMeanMs: number | null
   itlMeanMs: number | null
+  /** p99 of time to first token over the scraper's quantile window (default 60 s), ms. */
+  ttftP99Ms: number | null
+  /** p99 of inter-token latency over the same window, ms. */
+  itlP99Ms: number | null
 }
 
 /** What `getStatus()` / `getEngineStatus()` return: the monitor's state in one JSON-safe object. */

@@ -24,6 +24,14 @@ import {
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error'
 
+/**
+ * vLLM's scheduler pause states (`PauseState`, `v1/core/sched/interface.py`): `paused-new` admits
+ * nothing from the waiting queue but keeps stepping the running requests (`/pause?mode=wait`, and
+ * what is left after `mode=abort`); `paused-all` does not step at all (`mode=keep`, sleep).
+ */
+export type PauseState = 'running' | 'paused-new' | 'paused-all'
+export type PauseMode = 'abort' | 'wait' | 'keep'
+
 /** Receives a request's progress (the HTTP layer streams from it). */
 export interface RequestSink {
   onToken(request: SimRequest, tMs: number): void
@@ -84,6 +92,7 @@ export class SimEngine {
   private stepTokens = 0
   hung = false
   dead = false
+  pauseState: PauseState = 'running'
   readonly conditions: StepConditions = { clockFactor: 1, slowdown: 1 }
 
   // What `/metrics` shows: gauges as of the last completed step, counters cumulative.
@@ -218,6 +227,69 @@ export class SimEngine {
     this.freeBlocks = this.config.numGpuBlocks - 1
   }
 
+  /**
+   * `POST /pause?mode=...` (`EngineCore.pause_scheduler`): `abort` fails every request in flight
+   * (finish reason `abort`) and admits nothing new; `wait` admits nothing new while the running
+   * requests finish (see `drained`); `keep` freezes everything. New requests queue until `resume()`.
+   * Returns how many requests were aborted.
+   */
+  pause(mode: PauseMode): number {
+    const aborted = mode === 'abort' ? this.abortAll() : 0
+    this.pauseState = mode === 'keep' ? 'paused-all' : 'paused-new'
+    return aborted
+  }
+
+  /** `POST /resume`: schedules again, the requests queued while paused included. */
+  resume(): void {
+    this.pauseState = 'running'
+  }
+
+  get paused(): boolean {
+    return this.pauseState !== 'running'
+  }
+
+  /** Paused with nothing left running (`get_num_unfinished_requests` is 0 under PAUSED_NEW). */
+  get drained(): boolean {
+    return this.running.length === 0
+  }
+
+  /** KV blocks held by requests (the reserved null block excluded). */
+  get blocksInUse(): number {
+    return this.config.numGpuBlocks - 1 - this.freeBlocks
+  }
+
+  /** Fails every request in flight with finish reason `abort`, as `pause(mode=abort)` does. */
+  abortAll(): number {
+    const all = [...this.running, ...this.front]
+    for (let i = this.waitingHead; i < this.waiting.length; i++) all.push(this.waiting[i] as SimRequest)
+    for (const r of all) this.abort(r)
+    this.refreshGauges()
+    return all.length
+  }
+
+  /**
+   * `reset_prefix_cache(reset_running_requests=True)`: every running request is preempted
+   * (blocks freed, back to the front of the waiting queue, recomputed later). Returns how many.
+   */
+  preemptAll(): number {
+    const n = this.running.length
+    while (this.running.length > 0) {
+      const r = this.running.pop() as SimRequest
+      // A step in flight that scheduled it computes nothing for it now.
+      r.chunk = 0
+      this.preempt(r)
+    }
+    this.refreshGauges()
+    return n
+  }
+
+  /** The engine reports stats with the outputs of an abort or preemption, not only after steps. */
+  private refreshGauges(): void {
+    this.gaugeRunning = this.running.length
+    this.gaugeWaiting = this.numWaiting
+    this.gaugeKvUsage = this.kvUsage
+  }
+
   /** Runs steps until simulated time `t`. */
   advanceTo(t: number): void {
     if (t < this.now) return
@@ -233,6 +305,11 @@ export class SimEngine {
         }
         this.now = this.stepEndMs
         this.completeStep()
+      }
+      if (this.pauseState === 'paused-all') {
+        // Frozen (`/pause?mode=keep`, sleep): the step in flight finished, nothing new starts.
+        this.now = t
+        return
       }
       if (this.running.length === 0 && this.numWaiting === 0) {
         this.now = t
@@ -279,7 +356,7 @@ export class SimEngine {
       contextTokens += r.numComputed + need
       this.scheduled[this.nScheduled++] = r
     }
-    if (!preempted) {
+    if (!preempted && this.pauseState === 'running') {
       while (budget > 0 && running.length < cfg.maxNumSeqs) {
         const fromFront = this.front.length > 0
         const r = fromFront

@@ -16,6 +16,8 @@ export interface ExpositionContext {
   blockSize: number
   gpuMemoryUtilization: number
   startTimeSeconds: number
+  /** `/sleep` level while asleep (0, 1 or 2), null or absent when awake. */
+  sleepLevel?: number | null
 }
 
 function fmt(v: number): string {
@@ -81,6 +83,16 @@ export function renderExposition(ctx: ExpositionContext): string {
   w.gauge('vllm:num_requests_running', 'Number of requests in model execution batches.', e.gaugeRunning)
   w.gauge('vllm:num_requests_waiting', 'Number of requests waiting to be processed.', e.gaugeWaiting)
   if (v1) {
+    // `record_sleep_state` (#24176): exactly one of the three is 1 while asleep at level 1 or 2.
+    const level = ctx.sleepLevel ?? null
+    w.family(
+      'vllm:engine_sleep_state',
+      'gauge',
+      'Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.',
+    )
+    w.sample('vllm:engine_sleep_state', level === null ? 1 : 0, 'sleep_state="awake"')
+    w.sample('vllm:engine_sleep_state', level === 1 ? 1 : 0, 'sleep_state="weights_offloaded"')
+    w.sample('vllm:engine_sleep_state', level === 2 ? 1 : 0, 'sleep_state="discard_all"')
     w.gauge('vllm:kv_cache_usage_perc', 'KV-cache usage. 1 means 100 percent usage.', e.gaugeKvUsage)
   } else {
     w.gauge('vllm:num_requests_swapped', 'Number of requests swapped to CPU.', 0)

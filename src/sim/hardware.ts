@@ -154,8 +154,8 @@ export interface KvSizing {
 }
 
 export function sizeKvCache(
-  gpu: GpuProfile,
-  model: ModelProfile,
+  gpu: Pick<GpuProfile, 'memoryTotalBytes'>,
+  model: Pick<ModelProfile, 'weightsBytes' | 'hidden' | 'kvBytesPerToken'>,
   tp: number,
   gpuMemoryUtilization: number,
   maxNumBatchedTokens: number,

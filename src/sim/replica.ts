@@ -6,6 +6,7 @@
  */
 import type { EngineReading, FaultLabel, FaultType, MonitorEvent } from '../telemetry/types.js'
 import { emptyEngineReading } from '../vllm/engine-metrics.js'
+import { LatencyWindows } from '../vllm/histogram-window.js'
 import { type RequestSink, SimEngine, type SimRequest } from './engine.js'
 import type { FaultSpec } from './faults.js'
 import type { SimGpu } from './gpu.js'
@@ -79,8 +80,15 @@ export class SimReplica {
   /** When it last became ready to serve (perf drift counts uptime from here). */
   servingSinceMs = -1
   restarts = 0
+  /** Sleep level (0: scheduling paused only, 1: weights offloaded, 2: discarded); null when awake. */
+  sleepLevel: number | null = null
+  /** Bytes per GPU that `/sleep` released and `/wake_up` has not restored, by CuMemAllocator tag. */
+  private readonly released = new Map<'weights' | 'kv_cache', number>()
   private readonly hooks: ReplicaHooks
   private readonly rng: Rng
+  /** The latency quantiles of `reading()`, over the engine's histograms as each reading saw them. */
+  private readonly latency = new LatencyWindows()
+  private latencyEngine: SimEngine | null = null
   private timeline: Timed[] = []
   private faults: ActiveFault[] = []
   private pidApi = 0
@@ -123,6 +131,8 @@ export class SimReplica {
     this.now = t
     this.phase = 'starting'
     this.exitCode = null
+    this.sleepLevel = null
+    this.released.clear()
     this.pidApi = 1000 + this.rng.int(60000)
     this.pidCore = this.pidApi + 70
     this.pidWorker = this.pidApi + 140
@@ -342,6 +352,83 @@ export class SimReplica {
     return e.submit(p, Math.max(1, Math.min(targetTokens, max)), max, sink)
   }
 
+  // --- dev-mode control (`VLLM_SERVER_DEV_MODE=1`): sleep and the prefix cache ----------------
+
+  /**
+   * `POST /sleep?level=N` after the scheduler was paused: level 1 offloads the weights to CPU and
+   * drops the KV cache, level 2 discards both (CuMemAllocator's `weights` and `kv_cache` pools);
+   * CUDA graphs, the context and non-torch memory stay. Level 0 only pauses scheduling.
+   */
+  sleep(level: number): { freedBytes: number; inUseBytes: number } {
+    const gpu = this.gpus[0] as SimGpu
+    this.sleepLevel = level
+    if (level < 1 || this.engine === null) return { freedBytes: 0, inUseBytes: gpu.memoryUsedBytes }
+    const before = gpu.memoryUsedBytes
+    const s = this.sizing
+    for (const [tag, bytes] of [
+      ['weights', s.weightsBytesPerGpu],
+      ['kv_cache', s.kvCacheBytesPerGpu],
+    ] as const) {
+      if (this.released.has(tag)) continue
+      this.released.set(tag, bytes)
+      for (const g of this.gpus) g.reservedBytes = Math.max(0, g.reservedBytes - bytes)
+    }
+    const freedBytes = before - gpu.memoryUsedBytes
+    this.logWorker(
+      'INFO',
+      'gpu_worker.py:140',
+      `Sleep mode freed ${gib(freedBytes)} GiB memory, ${gib(gpu.memoryUsedBytes)} GiB memory is still in use.`,
+    )
+    return { freedBytes, inUseBytes: gpu.memoryUsedBytes }
+  }
+
+  /**
+   * `POST /wake_up[?tags=weights&tags=kv_cache]`: reallocates the named pools (all without tags).
+   * Returns true once nothing is left asleep, when the scheduler may resume.
+   */
+  wakeUp(tags: readonly string[] | null): boolean {
+    this.logApi(
+      'INFO',
+      'api_router.py:56',
+      `wake up the engine with tags: ${tags === null ? 'None' : `[${tags.map((t) => `'${t}'`).join(', ')}]`}`,
+    )
+    for (const [tag, bytes] of [...this.released]) {
+      if (tags !== null && !tags.includes(tag)) continue
+      this.released.delete(tag)
+      for (const g of this.gpus) g.reservedBytes += bytes
+    }
+    if (this.released.size > 0) return false
+    this.sleepLevel = null
+    return true
+  }
+
+  /**
+   * `POST /reset_prefix_cache`: vLLM answers 200 whatever happens; with blocks still held by
+   * requests the block pool refuses and only logs it (vllm.md §1.7), unless
+   * `reset_running_requests` preempts every running request first.
+   */
+  resetPrefixCache(resetRunningRequests: boolean): {
+    reset: boolean
+    blocksInUse: number
+    preempted: number
+  } {
+    this.logApi('INFO', 'api_router.py:40', 'Resetting prefix cache...')
+    const e = this.engine
+    if (e === null) return { reset: false, blocksInUse: 0, preempted: 0 }
+    const preempted = resetRunningRequests ? e.preemptAll() : 0
+    const blocksInUse = e.blocksInUse
+    if (blocksInUse > 0) {
+      this.logCore(
+        'WARNING',
+        'block_pool.py:386',
+        `Failed to reset prefix cache because some blocks (${blocksInUse}) are not freed yet`,
+      )
+      return { reset: false, blocksInUse, preempted }
+    }
+    this.logCore('INFO', 'block_pool.py:407', 'Successfully reset prefix cache')
+    return { reset: true, blocksInUse, preempted }
+  }
+
   /** Runs the engine (and this replica's surge arrivals) up to `t`. */
   advanceTo(t: number): void {
     const e = this.engine
@@ -394,7 +481,10 @@ export class SimReplica {
     }
   }
 
-  /** What a scraper of `/metrics` + `/health` would read now. */
+  /**
+   * What a scraper of `/metrics` + `/health` would read now. Each call also feeds the latency
+   * windows (the runner calls it every sample interval), like a scrape feeds the scraper's.
+   */
   reading(): EngineReading {
     const e = this.engine
     const up = this.listening
@@ -423,7 +513,12 @@ export class SimReplica {
     base.e2eCount = e.e2e.count
     base.queueTimeSecondsSum = e.queueTime.sum
     base.queueTimeCount = e.queueTime.count
-    return base
+    // A restarted replica has a new engine whose histograms start from zero.
+    if (this.latencyEngine !== e) this.latency.clear()
+    this.latencyEngine = e
+    const h = { ttft: e.ttft, itl: e.itl, e2e: e.e2e, queueTime: e.queueTime }
+    this.latency.update(this.now, h, false)
+    return this.latency.fill(base)
   }
 
   // --- faults ---------------------------------------------------------------------------------

@@ -7,6 +7,11 @@
  *   engine hangs; 503 once it died), `/version`, `/v1/models`, `/v1/completions` and
  *   `/v1/chat/completions` with SSE streaming; errors use vLLM's status codes and bodies (400 for a
  *   too-long prompt, 404 for another model, 500 after engine death; never 429).
+ * - with `devMode` (vLLM's `VLLM_SERVER_DEV_MODE=1`), the development endpoints with vLLM's
+ *   semantics (vllm.md §2): `/pause?mode=abort|wait|keep`, `/resume`, `/is_paused`,
+ *   `/sleep?level=`, `/wake_up?tags=`, `/is_sleeping` (`/sleep` needs `enableSleepMode`, else 500),
+ *   `/reset_prefix_cache` (always 200; logs the failure while blocks are in use), `/server_info`;
+ *   without it they answer 404 as vLLM does.
  * A separate control port serves what NVML and the test harness would see: `/sim/gpus`,
  * `/sim/events`, `/sim/labels`, `/sim/state`, `POST /sim/faults`, `POST /sim/restart`.
  *
@@ -16,7 +21,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo, Socket } from 'node:net'
 import { InvalidOptionError } from '../errors.js'
 import type { FaultLabel, MonitorEvent } from '../telemetry/types.js'
-import type { FinishReason, RequestSink, SimRequest } from './engine.js'
+import type { FinishReason, PauseMode, RequestSink, SimEngine, SimRequest } from './engine.js'
 import { type MetricsGeneration, renderExposition } from './exposition.js'
 import type { FaultSpecInput } from './faults.js'
 import type { SimFleet } from './fleet.js'
@@ -34,6 +39,10 @@ export interface SimServerOptions {
   /** Simulated ms per wall ms. Default 1. */
   speed?: number
   metricsGeneration?: MetricsGeneration
+  /** Serve vLLM's development endpoints. Default: `VLLM_SERVER_DEV_MODE=1` in the environment. */
+  devMode?: boolean
+  /** As `vllm serve --enable-sleep-mode`: `/sleep` frees GPU memory (without it, 500). Default false. */
+  enableSleepMode?: boolean
   /** Every log line of every replica, as it is printed. */
   onLog?: (replica: string, stream: LogStream, text: string, t: number) => void
 }
@@ -65,6 +74,8 @@ export class SimServer {
   readonly host: string
   readonly speed: number
   readonly generation: MetricsGeneration
+  readonly devMode: boolean
+  readonly enableSleepMode: boolean
   private readonly endpoints: ReplicaEndpoint[] = []
   private control: Server | null = null
   private controlSockets = new Set<Socket>()
@@ -95,6 +106,9 @@ export class SimServer {
         `options.metricsGeneration must be 'v1' or 'v0' (got ${String(this.generation)})`,
       )
     }
+    const dev = process.env.VLLM_SERVER_DEV_MODE?.trim().toLowerCase()
+    this.devMode = options.devMode ?? (dev === '1' || dev === 'true')
+    this.enableSleepMode = options.enableSleepMode ?? false
     const onLog = options.onLog
     this.unsubscribe = this.fleet.on({
       log: onLog,
@@ -242,6 +256,7 @@ export class SimServer {
                   blockSize: BLOCK_SIZE_TOKENS,
                   gpuMemoryUtilization: replica.config.gpuMemoryUtilization,
                   startTimeSeconds: this.startedAtSeconds,
+                  sleepLevel: replica.sleepLevel,
                 })
           res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' })
           res.end(body)
@@ -267,6 +282,10 @@ export class SimServer {
           })
           return
       }
+    }
+    if (this.devMode && DEV_ROUTES[path] !== undefined) {
+      await this.handleDev(replica, req, res, url)
+      return
     }
     if (req.method === 'POST' && (path === '/v1/completions' || path === '/v1/chat/completions')) {
       await this.handleCompletion(replica, path === '/v1/chat/completions', req, res)
@@ -390,10 +409,8 @@ export class SimServer {
               )
             return
           }
-          if (reason === 'abort') {
-            res.end()
-            return
-          }
+          // An abort the client did not cause (`/pause?mode=abort`, sleep) still gets an answer,
+          // with finish_reason "abort"; a client that went away was caught above.
           const usage = {
             prompt_tokens: r.promptTokens,
             completion_tokens: r.generated,
@@ -429,6 +446,139 @@ export class SimServer {
       if (r !== null && !r.finished) replica.engine?.abort(r)
     })
     await done
+  }
+
+  // --- vLLM's development endpoints (VLLM_SERVER_DEV_MODE=1) -----------------------------------
+
+  private async handleDev(
+    replica: SimReplica,
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+  ): Promise<void> {
+    const path = url.pathname
+    const q = url.searchParams
+    const method = req.method === 'HEAD' ? 'GET' : req.method
+    if (DEV_ROUTES[path] !== method) {
+      sendJson(res, 405, { detail: 'Method Not Allowed' })
+      return
+    }
+    // The body (if any) is not used, but must be read for the connection to be reused.
+    if (method === 'POST') await readBody(req).catch(() => '')
+    if (path === '/server_info') {
+      this.sendServerInfo(replica, q.get('config_format') === 'json', res)
+      return
+    }
+    if (replica.phase === 'hung') {
+      // Each of these is a utility call into EngineCore, whose busy loop is wedged in a
+      // collective: the API server never answers (the caller's timeout is all there is).
+      await new Promise<void>((resolve) => res.once('close', resolve))
+      return
+    }
+    const e = replica.engine
+    if (e === null || e.dead) {
+      // Every call into a dead EngineCore raises EngineDeadError.
+      if (path === '/pause' || path === '/resume' || path === '/is_paused')
+        sendJson(res, 500, { error: `Failed to ${DEV_VERBS[path]}: ${DEAD_MESSAGE}` })
+      else sendText(res, 500, 'Internal Server Error')
+      return
+    }
+    switch (path) {
+      case '/is_paused':
+        sendJson(res, 200, { is_paused: e.paused })
+        return
+      case '/is_sleeping':
+        // EngineCore.is_sleeping(): a paused scheduler counts as asleep too.
+        sendJson(res, 200, { is_sleeping: e.paused || replica.sleepLevel !== null })
+        return
+      case '/resume':
+        e.resume()
+        sendJson(res, 200, { status: 'resumed' })
+        return
+      case '/pause': {
+        const legacyWait = truthy(q.get('wait_for_inflight_requests'))
+        const mode = q.get('mode') ?? (legacyWait ? 'wait' : 'abort')
+        if (!isPauseMode(mode)) {
+          sendJson(res, 422, {
+            detail: [
+              {
+                type: 'literal_error',
+                loc: ['query', 'mode'],
+                msg: "Input should be 'abort', 'wait' or 'keep'",
+                input: mode,
+              },
+            ],
+          })
+          return
+        }
+        await this.pauseEngine(replica, e, mode)
+        sendJson(res, 200, { status: 'paused' })
+        return
+      }
+      case '/sleep': {
+        const level = Number(q.get('level') ?? '1')
+        const mode = q.get('mode') ?? 'abort'
+        // vLLM: int(level) raises, pause_scheduler refuses a bad mode, and without
+        // --enable-sleep-mode the worker cannot release memory: unhandled, so a bare 500.
+        if (!this.enableSleepMode || !Number.isInteger(level) || level < 0 || !isPauseMode(mode)) {
+          sendText(res, 500, 'Internal Server Error')
+          return
+        }
+        await this.pauseEngine(replica, e, mode)
+        if (replica.engine === e && !e.dead) replica.sleep(level)
+        res.writeHead(200, { 'content-length': '0' })
+        res.end()
+        return
+      }
+      case '/wake_up': {
+        const tags = q.getAll('tags')
+        if (replica.wakeUp(tags.length === 0 ? null : tags)) e.resume()
+        res.writeHead(200, { 'content-length': '0' })
+        res.end()
+        return
+      }
+      case '/reset_prefix_cache':
+        replica.resetPrefixCache(truthy(q.get('reset_running_requests')))
+        // vLLM does not check whether the reset worked (vllm.md §1.7).
+        res.writeHead(200, { 'content-length': '0' })
+        res.end()
+        return
+    }
+  }
+
+  /** Pauses the scheduler; `wait` returns once the running requests finished (or the engine died). */
+  private async pauseEngine(replica: SimReplica, e: SimEngine, mode: PauseMode): Promise<void> {
+    e.pause(mode)
+    if (mode !== 'wait') return
+    while (!this.closed && replica.engine === e && !e.dead && !e.drained) {
+      await new Promise((r) => setTimeout(r, 5))
+      this.advance()
+    }
+  }
+
+  private sendServerInfo(replica: SimReplica, json: boolean, res: ServerResponse): void {
+    const c = replica.config
+    const config = {
+      model_config: {
+        model: c.model.name,
+        served_model_name: c.model.name,
+        max_model_len: c.maxModelLen,
+        enable_sleep_mode: this.enableSleepMode,
+      },
+      cache_config: {
+        block_size: BLOCK_SIZE_TOKENS,
+        gpu_memory_utilization: c.gpuMemoryUtilization,
+        num_gpu_blocks: replica.sizing.numGpuBlocks,
+      },
+      parallel_config: { tensor_parallel_size: c.tensorParallelSize },
+      scheduler_config: { max_num_seqs: c.maxNumSeqs, max_num_batched_tokens: c.maxNumBatchedTokens },
+    }
+    const text = `model='${c.model.name}', max_seq_len=${c.maxModelLen}, tensor_parallel_size=${c.tensorParallelSize}, enable_sleep_mode=${this.enableSleepMode ? 'True' : 'False'}, gpu_memory_utilization=${c.gpuMemoryUtilization}`
+    sendJson(res, 200, {
+      vllm_config: json ? config : text,
+      vllm_env: { VLLM_SERVER_DEV_MODE: true },
+      system_env: { gpu_models: c.gpu.name },
+    })
   }
 
   // --- control API ----------------------------------------------------------------------------
@@ -491,6 +641,45 @@ export class SimServer {
     }
     sendJson(res, 404, { error: `no such endpoint: ${req.method} ${url.pathname}` })
   }
+}
+
+/** The development endpoints and their methods (vllm.md §2). */
+const DEV_ROUTES: Record<string, string> = {
+  '/pause': 'POST',
+  '/resume': 'POST',
+  '/is_paused': 'GET',
+  '/sleep': 'POST',
+  '/wake_up': 'POST',
+  '/is_sleeping': 'GET',
+  '/reset_prefix_cache': 'POST',
+  '/server_info': 'GET',
+}
+const DEV_VERBS: Record<string, string> = {
+  '/pause': 'pause generation',
+  '/resume': 'resume generation',
+  '/is_paused': 'fetch pause status',
+}
+const DEAD_MESSAGE = 'EngineCore encountered an issue. See stack trace (above) for the root cause.'
+
+function isPauseMode(v: string): v is PauseMode {
+  return v === 'abort' || v === 'wait' || v === 'keep'
+}
+
+/** FastAPI's bool query parsing. */
+function truthy(v: string | null): boolean {
+  return v !== null && ['1', 'true', 'on', 'yes', 't', 'y'].includes(v.toLowerCase())
+}
+
+function sendText(res: ServerResponse, status: number, text: string): void {
+  if (res.headersSent) {
+    res.end()
+    return
+  }
+  res.writeHead(status, {
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  })
+  res.end(text)
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

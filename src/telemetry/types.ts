@@ -55,6 +55,19 @@ export interface EngineReading {
   e2eCount: number | null
   queueTimeSecondsSum: number | null
   queueTimeCount: number | null
+  /**
+   * Quantiles over the last `quantileWindowMs` (default 60 s) of the latency histograms, ms, as
+   * Prometheus' `histogram_quantile` interpolates them; null without observations in the window
+   * (or before the window has two scrapes). Absent in traces written before they existed.
+   */
+  ttftP50Ms: number | null
+  ttftP90Ms: number | null
+  ttftP99Ms: number | null
+  itlP50Ms: number | null
+  itlP99Ms: number | null
+  e2eP50Ms: number | null
+  e2eP99Ms: number | null
+  queueTimeP99Ms: number | null
 }
 
 /** One look at one GPU. Mirrors the NVML sampler's snapshot in the units a checkpoint needs. */
@@ -166,6 +179,8 @@ export interface EngineSnapshot {
   reading: EngineReading | null
   /** `t` of `reading`. */
   readingAt: number | null
+  /** The newest reading is older than the monitor's `staleAfterMs`: rules do not fire on it. */
+  stale: boolean
   derived: EngineDerived
 }
 

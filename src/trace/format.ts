@@ -109,6 +109,8 @@ const BOOL = 3
 const INDEX = 4
 const INDEX_OR_NULL = 5
 const NONEMPTY_STR = 6
+/** A number or null, and may be missing: a field added to the format after version 1 shipped. */
+const OPT_NUM_OR_NULL = 7
 type Check = number
 
 const expectation: Record<Check, string> = {
@@ -119,6 +121,7 @@ const expectation: Record<Check, string> = {
   [INDEX]: 'a non-negative integer',
   [INDEX_OR_NULL]: 'a non-negative integer or null',
   [NONEMPTY_STR]: 'a non-empty string',
+  [OPT_NUM_OR_NULL]: 'a number or null',
 }
 
 function passes(check: Check, v: unknown): boolean {
@@ -135,6 +138,8 @@ function passes(check: Check, v: unknown): boolean {
       return typeof v === 'number' && Number.isInteger(v) && v >= 0
     case INDEX_OR_NULL:
       return v === null || (typeof v === 'number' && Number.isInteger(v) && v >= 0)
+    case OPT_NUM_OR_NULL:
+      return v === undefined || v === null || typeof v === 'number'
     default:
       return typeof v === 'string' && v.length > 0
   }
@@ -170,6 +175,15 @@ const kEngineFields: FieldChecks<EngineReading> = {
   e2eCount: NUM_OR_NULL,
   queueTimeSecondsSum: NUM_OR_NULL,
   queueTimeCount: NUM_OR_NULL,
+  // Added within version 1: older traces lack them, and the reader fills in null.
+  ttftP50Ms: OPT_NUM_OR_NULL,
+  ttftP90Ms: OPT_NUM_OR_NULL,
+  ttftP99Ms: OPT_NUM_OR_NULL,
+  itlP50Ms: OPT_NUM_OR_NULL,
+  itlP99Ms: OPT_NUM_OR_NULL,
+  e2eP50Ms: OPT_NUM_OR_NULL,
+  e2eP99Ms: OPT_NUM_OR_NULL,
+  queueTimeP99Ms: OPT_NUM_OR_NULL,
 }
 
 const kGpuFields: FieldChecks<GpuReading> = {
@@ -216,9 +230,14 @@ const kFieldTable: Record<RecordKind, readonly (readonly [string, Check])[]> = {
 // A Map, so that a `kind` such as "toString" cannot find something on Object.prototype.
 const kFields = new Map(Object.entries(kFieldTable))
 
-/** The fields each kind requires, in declaration order (for docs and tooling). */
+/** The fields each kind has, in declaration order (for docs and tooling); see `optionalRecordFields`. */
 export function recordFields(kind: RecordKind): readonly string[] {
   return kFieldTable[kind].map(([name]) => name)
+}
+
+/** The fields of a kind that a record may lack (added within the current version); read as null. */
+export function optionalRecordFields(kind: RecordKind): readonly string[] {
+  return kFieldTable[kind].filter(([, check]) => check === OPT_NUM_OR_NULL).map(([name]) => name)
 }
 
 function describe(v: unknown): string {
@@ -246,6 +265,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 /**
  * Checks a parsed record line and returns it typed. Unknown extra fields are kept (a newer writer may
  * add optional fields); a wrong or missing field, or an unknown `kind`, throws naming the line and field.
+ * An optional field (`optionalRecordFields`) that is missing is set to null on `value`.
  */
 export function validateRecord(value: unknown, line: number): TelemetryRecord {
   if (!isPlainObject(value)) throw traceLineError(line, `expected a JSON object, found ${describe(value)}`)
@@ -265,6 +285,8 @@ export function validateRecord(value: unknown, line: number): TelemetryRecord {
     const [name, check] = fields[i]!
     const v = value[name]
     if (!passes(check, v)) throw fieldError(line, kind as string, name, expectation[check]!, v)
+    // Missing optional fields read as null, so a record from an older writer has the current shape.
+    if (v === undefined) value[name] = null
   }
   if (kind === 'event') {
     if (!Object.hasOwn(kSeveritySet, value.severity as string))

@@ -8,7 +8,8 @@
  * one wins. A metric the server does not expose is null, never 0.
  */
 import type { EngineReading } from '../telemetry/types.js'
-import type { Sample } from './exposition.js'
+import { parseSampleValue, type Sample } from './exposition.js'
+import type { BucketCounts, LatencyHistograms } from './histogram-window.js'
 
 /** A reading with every metric null: the shape for "looked, found nothing" and for failed scrapes. */
 export function emptyEngineReading(replica: string, engine: string | null = null): EngineReading {
@@ -37,6 +38,14 @@ export function emptyEngineReading(replica: string, engine: string | null = null
     e2eCount: null,
     queueTimeSecondsSum: null,
     queueTimeCount: null,
+    ttftP50Ms: null,
+    ttftP90Ms: null,
+    ttftP99Ms: null,
+    itlP50Ms: null,
+    itlP99Ms: null,
+    e2eP50Ms: null,
+    e2eP99Ms: null,
+    queueTimeP99Ms: null,
   }
 }
 
@@ -99,6 +108,18 @@ const ENGINE_LEVEL_GAUGES: ReadonlySet<string> = new Set([
   'vllm:engine_sleep_state',
 ])
 
+// Latency histograms' `_bucket` series; ITL falls back to V0's TPOT family like the sum and count.
+const H = { Ttft: 0, Itl: 1, Tpot: 2, E2e: 3, Queue: 4, Count: 5 } as const
+type H = (typeof H)[keyof typeof H]
+
+const BUCKETS: ReadonlyMap<string, H> = new Map<string, H>([
+  ['vllm:time_to_first_token_seconds_bucket', H.Ttft],
+  ['vllm:inter_token_latency_seconds_bucket', H.Itl],
+  ['vllm:time_per_output_token_seconds_bucket', H.Tpot],
+  ['vllm:e2e_request_latency_seconds_bucket', H.E2e],
+  ['vllm:request_queue_time_seconds_bucket', H.Queue],
+])
+
 const SUCCESS = 'vllm:request_success_total'
 const CACHE_CONFIG = 'vllm:cache_config_info'
 const LORA_INFO = 'vllm:lora_requests_info'
@@ -106,20 +127,66 @@ const LORA_INFO = 'vllm:lora_requests_info'
 interface EngineAcc {
   /** model_name values in order of first appearance ('' for series without one). */
   models: string[]
+  /** The same, for lookups: `models.includes` per sample was quadratic in distinct model names. */
+  modelSet: Set<string>
   /** Models that carry an engine-level gauge. */
   gaugeModels: Set<string>
-  gauges: Array<Map<string, number>>
+  /** Per gauge, model_name -> value; created on first use (a garbage exposition can name 10^4 engines). */
+  gauges: Array<Map<string, number> | null>
   counters: Array<number | null>
   numGpuBlocks: number | null
+  /** Per latency histogram, `le` -> count summed over model names; null until a bucket is seen. */
+  buckets: Array<Map<number, number> | null> | null
 }
 
 function newAcc(): EngineAcc {
   return {
     models: [],
+    modelSet: new Set(),
     gaugeModels: new Set(),
-    gauges: Array.from({ length: G.Count }, () => new Map<string, number>()),
+    gauges: new Array<Map<string, number> | null>(G.Count).fill(null),
     counters: new Array<number | null>(C.Count).fill(null),
     numGpuBlocks: null,
+    buckets: null,
+  }
+}
+
+function addBucket(acc: EngineAcc, h: H, le: string | undefined, v: number): void {
+  if (le === undefined || !(v >= 0)) return
+  const bound = parseSampleValue(le)
+  if (bound === undefined || Number.isNaN(bound) || bound === Number.NEGATIVE_INFINITY) return
+  acc.buckets ??= new Array<Map<number, number> | null>(H.Count).fill(null)
+  let m = acc.buckets[h]
+  if (m == null) {
+    m = new Map()
+    acc.buckets[h] = m
+  }
+  m.set(bound, (m.get(bound) ?? 0) + v)
+}
+
+/** A `_bucket` family as bounds and cumulative counts; null without +Inf or a finite bound. */
+function toBucketCounts(m: Map<number, number> | null | undefined): BucketCounts | null {
+  if (m == null) return null
+  const inf = m.get(Number.POSITIVE_INFINITY)
+  if (inf === undefined || m.size < 2) return null
+  const bounds = [...m.keys()].filter((b) => b !== Number.POSITIVE_INFINITY).sort((a, b) => a - b)
+  const counts = bounds.map((b) => m.get(b)!)
+  counts.push(inf)
+  return { bounds, counts, cumulative: true }
+}
+
+function noHistograms(): LatencyHistograms {
+  return { ttft: null, itl: null, e2e: null, queueTime: null }
+}
+
+function toHistograms(acc: EngineAcc): LatencyHistograms {
+  const b = acc.buckets
+  if (b === null) return noHistograms()
+  return {
+    ttft: toBucketCounts(b[H.Ttft]),
+    itl: toBucketCounts(b[H.Itl] ?? b[H.Tpot]),
+    e2e: toBucketCounts(b[H.E2e]),
+    queueTime: toBucketCounts(b[H.Queue]),
   }
 }
 
@@ -153,8 +220,8 @@ function pickBaseModel(acc: EngineAcc, adapters: ReadonlySet<string>): string | 
 }
 
 function gauge(acc: EngineAcc, g: G, base: string | undefined): number | null {
-  const values = acc.gauges[g]!
-  if (values.size === 0) return null
+  const values = acc.gauges[g]
+  if (values == null || values.size === 0) return null
   if (base !== undefined) {
     const v = values.get(base)
     if (v !== undefined) return v
@@ -187,9 +254,19 @@ function compareEngines(a: string, b: string): number {
  * pair prefers `inter_token_latency_seconds` over `time_per_output_token_seconds` (sum and count
  * always from the same family); requestsErroredTotal is null when no `finished_reason="error"`
  * series exists (V0 had no such reason). Non-finite sample values are ignored. `reachable` is
- * true, `healthStatus` and `error` null: the scraper fills those.
+ * true, `healthStatus` and `error` null: the scraper fills those, and the latency quantiles
+ * (`ttftP50Ms`...), which need a window of scrapes (`LatencyWindows`), are null here.
+ *
+ * `histograms`, when given, is emptied and filled in step with the result: `histograms[i]` holds
+ * the cumulative `_bucket` counts (summed over model names) of reading i's TTFT, ITL (V0: TPOT),
+ * end-to-end and queue-time histograms; a family without a `+Inf` bucket is null.
  */
-export function readEngineMetrics(parsed: { samples: readonly Sample[] }, replica: string): EngineReading[] {
+export function readEngineMetrics(
+  parsed: { samples: readonly Sample[] },
+  replica: string,
+  histograms?: LatencyHistograms[],
+): EngineReading[] {
+  if (Array.isArray(histograms)) histograms.length = 0
   const byEngine = new Map<string | null, EngineAcc>()
   // Series without an engine label in an exposition that has one (cache_config_info of some
   // builds, lora_requests_info always) are kept aside rather than inventing an engine for them.
@@ -199,7 +276,10 @@ export function readEngineMetrics(parsed: { samples: readonly Sample[] }, replic
   let sawVllm = false
 
   const samples = parsed?.samples
-  if (!Array.isArray(samples)) return [emptyEngineReading(replica)]
+  if (!Array.isArray(samples)) {
+    histograms?.push(noHistograms())
+    return [emptyEngineReading(replica)]
+  }
 
   for (const s of samples) {
     const name = s?.name
@@ -231,24 +311,37 @@ export function readEngineMetrics(parsed: { samples: readonly Sample[] }, replic
       continue
     }
     const model = labels.model_name ?? ''
-    if (!acc.models.includes(model)) acc.models.push(model)
+    if (!acc.modelSet.has(model)) {
+      acc.modelSet.add(model)
+      acc.models.push(model)
+    }
     if (ENGINE_LEVEL_GAUGES.has(name)) acc.gaugeModels.add(model)
     const v = s.value
     if (!Number.isFinite(v)) continue
     const g = GAUGES.get(name)
     const c = g === undefined ? COUNTERS.get(name) : undefined
     if (g !== undefined) {
-      const m = acc.gauges[g]!
+      let m = acc.gauges[g]
+      if (m == null) {
+        m = new Map()
+        acc.gauges[g] = m
+      }
       if (!m.has(model)) m.set(model, v)
     } else if (c !== undefined) {
       addCounter(acc, c, v)
     } else if (name === SUCCESS) {
       addCounter(acc, C.Finished, v)
       if (labels.finished_reason === 'error') addCounter(acc, C.Errored, v)
+    } else if (histograms !== undefined) {
+      const h = BUCKETS.get(name)
+      if (h !== undefined) addBucket(acc, h, labels.le, v)
     }
   }
 
-  if (!sawVllm) return [emptyEngineReading(replica)]
+  if (!sawVllm) {
+    histograms?.push(noHistograms())
+    return [emptyEngineReading(replica)]
+  }
   if (!labelledSeen) {
     // V0 / early V1: everything is one engine.
     byEngine.set(null, unlabelled ?? newAcc())
@@ -259,6 +352,8 @@ export function readEngineMetrics(parsed: { samples: readonly Sample[] }, replic
 
   const engines = [...byEngine.keys()]
   engines.sort((a, b) => (a === null || b === null ? 0 : compareEngines(a, b)))
+  if (histograms !== undefined)
+    for (const engine of engines) histograms.push(toHistograms(byEngine.get(engine)!))
   return engines.map((engine) => toReading(replica, engine, byEngine.get(engine)!, adapters))
 }
 
@@ -314,10 +409,22 @@ const SUMMED: ReadonlyArray<keyof EngineReading> = [
   'queueTimeCount',
 ]
 
+const QUANTILES = [
+  'ttftP50Ms',
+  'ttftP90Ms',
+  'ttftP99Ms',
+  'itlP50Ms',
+  'itlP99Ms',
+  'e2eP50Ms',
+  'e2eP99Ms',
+  'queueTimeP99Ms',
+] as const satisfies ReadonlyArray<keyof EngineReading>
+
 /**
  * One reading for a whole server with data parallelism (several `engine` labels): counters,
  * queues and histogram sums add up; KV usage is the fullest engine's, since one rank running out
- * of blocks preempts its requests whatever the others hold. `engine` lists the engines ("0,1").
+ * of blocks preempts its requests whatever the others hold; latency quantiles are null (they
+ * come from merged buckets, see `mergeLatencyHistograms`). `engine` lists the engines ("0,1").
  * Per-engine readings interleaved under one replica name would look like counter resets.
  */
 export function mergeEngineReadings(readings: readonly EngineReading[]): EngineReading {
@@ -337,5 +444,8 @@ export function mergeEngineReadings(readings: readonly EngineReading[]): EngineR
   for (const r of readings)
     if (r.kvCacheUsage !== null && (kv === null || r.kvCacheUsage > kv)) kv = r.kvCacheUsage
   out.kvCacheUsage = kv
+  // Quantiles do not add up: the caller merges the engines' buckets (mergeLatencyHistograms) and
+  // fills these from its window.
+  for (const k of QUANTILES) out[k] = null
   return out
 }

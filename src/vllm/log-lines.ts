@@ -31,6 +31,7 @@ export type LogEventType =
   | 'load-oom'
   | 'kv-too-small'
   | 'nccl-timeout'
+  | 'nccl-error'
   | 'illegal-memory-access'
   | 'uncorrectable-ecc'
   | 'launch-failure'
@@ -292,13 +293,29 @@ function toBytes(amount: string | undefined, unit: string | undefined): number |
 const OOM_REQUEST = /Tried to allocate ([\d.]+) ([KMGT]i?B|B)/
 const OOM_DEVICE =
   /GPU (\d+) has a total capacity of ([\d.]+) ([KMGT]i?B) of which ([\d.]+) ([KMGT]i?B) is free/
+// These two skip ahead to a `)` that may never come: unbounded (`[^)]*?`, `[^)]*`) and run over
+// the whole line, a line repeating the prefix without a `)` cost a scan to its end per repetition
+// (a 1 MB line: 34 s and 101 s). The skips are bounded now (real WorkNCCL(...) bodies are under
+// 100 characters, PCI addresses under 20), `\b` stops `\w+` from trading characters with the skip,
+// and both only run on the text around the first needle (see `around`).
 const NCCL_WORK =
-  /(?:\[Rank (\d+)\] )?Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=(\d+), OpType=(\w+)[^)]*?Timeout\(ms\)=(\d+)\) ran for (\d+) milliseconds/
+  /(?:\[Rank (\d+)\] )?Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=(\d+), OpType=(\w+)\b[^)]{0,160}?Timeout\(ms\)=(\d+)\) ran for (\d+) milliseconds/
 const RPC_TIMEOUT = /RPC call to (\w+) timed out/
 const WORKER_DIED_V1 = /Worker proc (\S+) died unexpectedly/
 const WORKER_DIED_V0 = /Worker (\S+) pid (\d+) died, exit code: (-?\d+)/
 const SHM_SECONDS = /found in (\d+) second/
-const XID = /NVRM: Xid \((?:PCI:)?([^)]*)\): (\d+)(?:, pid=([^,]*))?(?:, name=([^,]*))?(?:, (.*))?/
+const XID = /NVRM: Xid \((?:PCI:)?([^)]{0,64})\): (\d+)(?:, pid=([^,]*))?(?:, name=([^,]*))?(?:, (.*))?/
+
+/**
+ * The part of `msg` a signature regex needs: from a little before the first `needle` to 1 KB
+ * after it. Keeps the regex work per line constant however long the line, and however often it
+ * repeats the needle.
+ */
+function around(msg: string, needle: string): string {
+  const at = msg.indexOf(needle)
+  if (at === -1) return ''
+  return msg.length <= 1024 ? msg : msg.slice(Math.max(0, at - 32), at + 1024)
+}
 
 const ENGINE_DEAD_NEEDLES = [
   'EngineCore encountered a fatal error',
@@ -354,7 +371,7 @@ const EVENTS: readonly EventRule[] = [
     severity: 'critical',
     needles: ['Watchdog caught collective operation timeout'],
     detail(msg) {
-      const m = NCCL_WORK.exec(msg)
+      const m = NCCL_WORK.exec(around(msg, 'Watchdog caught collective operation timeout'))
       if (!m) return {}
       return {
         rank: m[1] === undefined ? null : Number(m[1]),
@@ -363,6 +380,18 @@ const EVENTS: readonly EventRule[] = [
         timeoutMs: Number(m[4]),
         ranForMs: Number(m[5]),
       }
+    },
+  },
+  {
+    // NCCL failing at init (`ncclCommInitRank`: missing IPC_LOCK, /dev/shm not mounted) or at run
+    // time (`unhandled cuda error`): vllm.md §4.3.
+    type: 'nccl-error',
+    severity: 'critical',
+    needles: ['NCCL error'],
+    detail(msg) {
+      // The message only: `raise RuntimeError(f"NCCL error: {error_str}")` in a traceback is not it.
+      const m = /NCCL error: ([a-z][a-z ,'-]{0,80}[a-z])/i.exec(around(msg, 'NCCL error'))
+      return m ? { error: m[1] } : null
     },
   },
   {
@@ -412,7 +441,7 @@ const EVENTS: readonly EventRule[] = [
     severity: (d) => (FATAL_XIDS.has(d.xid as number) ? 'critical' : 'warning'),
     needles: ['NVRM: Xid'],
     detail(msg) {
-      const m = XID.exec(msg)
+      const m = XID.exec(around(msg, 'NVRM: Xid'))
       if (!m) return null
       const pid = m[3] === undefined ? null : Number(m[3])
       return {
@@ -492,7 +521,8 @@ function parseStats(msg: string): Record<string, unknown> | null {
     data.format = 'v1'
   }
   let v0Fields = false
-  for (const part of msg.slice(at).split(', ')) {
+  // The longest real line has 14 parts; the limit keeps a garbage 1 MB line from costing 80k.
+  for (const part of msg.slice(at).split(', ', 32)) {
     const colon = part.indexOf(': ')
     if (colon === -1) continue
     const name = part.slice(0, colon)

@@ -15,6 +15,12 @@ import { InvalidArgumentError, InvalidOptionError, ScrapeError } from '../errors
 import type { EngineReading, TelemetryRecord, TelemetrySource } from '../telemetry/types.js'
 import { emptyEngineReading, mergeEngineReadings, readEngineMetrics } from './engine-metrics.js'
 import { type ParsedExposition, parseExposition } from './exposition.js'
+import {
+  DEFAULT_QUANTILE_WINDOW_MS,
+  type LatencyHistograms,
+  LatencyWindows,
+  mergeLatencyHistograms,
+} from './histogram-window.js'
 
 const debug = debuglog('vllm-monitor')
 
@@ -33,6 +39,11 @@ export interface HttpScrapeSourceOptions {
   timeoutMs?: number
   /** Also GET `/health` (concurrently with `/metrics`). Default true. */
   probeHealth?: boolean
+  /**
+   * How far back the latency quantiles of each reading (`ttftP99Ms`...) look, ms. Default 60 000;
+   * at least `intervalMs`.
+   */
+  quantileWindowMs?: number
   /** ms since the monitor started; stamps each record, so tests and replays control time. */
   now: () => number
 }
@@ -236,6 +247,12 @@ function checkBoolean(v: unknown, where: string): boolean {
   return v
 }
 
+interface ScrapeResult {
+  readings: EngineReading[]
+  /** The latency histograms of the server (its engines merged); null when /metrics failed. */
+  histograms: LatencyHistograms | null
+}
+
 /** Both requests of one scrape, turned into readings. Never rejects. */
 async function scrapeReplica(
   replica: string,
@@ -243,7 +260,7 @@ async function scrapeReplica(
   healthUrl: URL | null,
   o: GetOptions,
   onMetricsDone?: () => void,
-): Promise<EngineReading[]> {
+): Promise<ScrapeResult> {
   const metricsP = get(metricsUrl, { ...o, readBody: true }).then((r) => {
     onMetricsDone?.()
     return r
@@ -256,13 +273,14 @@ async function scrapeReplica(
     r.reachable = false
     r.healthStatus = healthStatus
     r.error = metrics.error ?? 'ERROR'
-    return [r]
+    return { readings: [r], histograms: null }
   }
   return toReadings(replica, parseExposition(metrics.body), healthStatus)
 }
 
-function toReadings(replica: string, parsed: ParsedExposition, healthStatus: number | null): EngineReading[] {
-  const readings = readEngineMetrics(parsed, replica)
+function toReadings(replica: string, parsed: ParsedExposition, healthStatus: number | null): ScrapeResult {
+  const histograms: LatencyHistograms[] = []
+  const readings = readEngineMetrics(parsed, replica, histograms)
   const hasVllm = parsed.samples.some((s) => s.name.startsWith('vllm:'))
   const error =
     parsed.errors.length > 0
@@ -275,7 +293,9 @@ function toReadings(replica: string, parsed: ParsedExposition, healthStatus: num
     r.error = error
   }
   // One reading per server and scrape: the store and the lifecycle key on the replica.
-  return readings.length > 1 ? [mergeEngineReadings(readings)] : readings
+  if (readings.length > 1)
+    return { readings: [mergeEngineReadings(readings)], histograms: mergeLatencyHistograms(histograms) }
+  return { readings, histograms: histograms[0] ?? null }
 }
 
 /**
@@ -284,6 +304,11 @@ function toReadings(replica: string, parsed: ParsedExposition, healthStatus: num
  * is still in flight skips the tick (counted in `stats`), so a slow server never gets overlapping
  * scrapes. Unreachable servers give one reading with `reachable: false`, every metric null and the
  * reason in `error` (`ECONNREFUSED`, `ETIMEDOUT`, `ECONNRESET`, `HTTP 500`...).
+ *
+ * Each replica keeps a {@link LatencyWindows}: the TTFT, ITL, end-to-end and queue-time buckets of
+ * every successful scrape (a DP server's engines summed bucket by bucket) go into it, and each
+ * reading carries the quantiles over the last `quantileWindowMs` (`ttftP99Ms`...; null until two
+ * scrapes are in the window). A restarted server's lower counts restart the window.
  */
 export class HttpScrapeSource implements TelemetrySource {
   readonly name = 'vllm-http'
@@ -293,6 +318,7 @@ export class HttpScrapeSource implements TelemetrySource {
     healthUrl: URL | null
     busy: boolean
     stats: ReplicaScrapeStats
+    latency: LatencyWindows
   }>
   readonly #intervalMs: number
   readonly #timeoutMs: number
@@ -320,6 +346,16 @@ export class HttpScrapeSource implements TelemetrySource {
     }
     this.#intervalMs = intervalMs
     this.#timeoutMs = checkTimeout(timeoutMs, 'options.timeoutMs')
+    const { quantileWindowMs = DEFAULT_QUANTILE_WINDOW_MS } = options
+    if (
+      typeof quantileWindowMs !== 'number' ||
+      !Number.isFinite(quantileWindowMs) ||
+      quantileWindowMs < intervalMs
+    ) {
+      throw new InvalidOptionError(
+        'options.quantileWindowMs must be a number of milliseconds >= options.intervalMs',
+      )
+    }
     if (typeof options.now !== 'function') {
       throw new InvalidOptionError('options.now must be a function returning ms since the monitor started')
     }
@@ -340,6 +376,7 @@ export class HttpScrapeSource implements TelemetrySource {
         healthUrl: probeHealth ? endpoint(base, '/health') : null,
         busy: false,
         stats: { scrapes: 0, failures: 0, skippedTicks: 0, lastDurationMs: null, lastError: null },
+        latency: new LatencyWindows({ windowMs: quantileWindowMs }),
       }
     })
   }
@@ -396,7 +433,7 @@ export class HttpScrapeSource implements TelemetrySource {
       scrapeReplica(r.name, r.metricsUrl, r.healthUrl, o, () => {
         t = this.#safeNow()
       })
-        .then((readings) => {
+        .then(({ readings, histograms }) => {
           if (run !== this.#run) return
           r.busy = false
           r.stats.scrapes++
@@ -404,7 +441,12 @@ export class HttpScrapeSource implements TelemetrySource {
           const first = readings[0]
           r.stats.lastError = first?.error ?? null
           if (first && !first.reachable) r.stats.failures++
-          if (t !== null) for (const reading of readings) this.#emit({ t, kind: 'engine', ...reading })
+          if (t === null) return
+          if (histograms !== null) r.latency.update(t, histograms)
+          for (const reading of readings) {
+            if (histograms !== null) r.latency.fill(reading)
+            this.#emit({ t, kind: 'engine', ...reading })
+          }
         })
         .catch((err: unknown) => {
           // Unreachable by design (scrapeReplica never rejects); logged, never rethrown.
@@ -451,7 +493,7 @@ export interface ScrapeOnceOptions {
 
 /**
  * One scrape of one server, for tests and the CLI: the readings a {@link HttpScrapeSource} tick
- * would push. Invalid options throw InvalidOptionError synchronously; the promise never rejects.
+ * would push, except the latency quantiles, which need a window of scrapes and are null. Invalid options throw InvalidOptionError synchronously; the promise never rejects.
  */
 export function scrapeOnce(url: string, opts: ScrapeOnceOptions = {}): Promise<EngineReading[]> {
   const base = parseBaseUrl(url, 'url')
@@ -463,6 +505,7 @@ export function scrapeOnce(url: string, opts: ScrapeOnceOptions = {}): Promise<E
   const agent = base.protocol === 'https:' ? new https.Agent() : new http.Agent()
   const o: GetOptions = { timeoutMs, agent, readBody: true }
   return scrapeReplica(replica, endpoint(base, '/metrics'), probeHealth ? endpoint(base, '/health') : null, o)
+    .then((r) => r.readings)
     .catch(() => {
       const r = emptyEngineReading(replica)
       r.reachable = false

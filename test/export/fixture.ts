@@ -40,6 +40,14 @@ function reading(replica: string, over: Partial<EngineReading>): EngineReading {
     e2eCount: 9_211,
     queueTimeSecondsSum: 12.4,
     queueTimeCount: 9_223,
+    ttftP50Ms: null,
+    ttftP90Ms: null,
+    ttftP99Ms: null,
+    itlP50Ms: null,
+    itlP99Ms: null,
+    e2eP50Ms: null,
+    e2eP99Ms: null,
+    queueTimeP99Ms: null,
     ...over,
   }
 }
@@ -69,6 +77,7 @@ export function makeEngines(): EngineSnapshot[] {
       reason: 'first request finished',
       reading: reading('r0', {}),
       readingAt: T - 40,
+      stale: false,
       derived: derived({}),
     },
     {
@@ -82,8 +91,11 @@ export function makeEngines(): EngineSnapshot[] {
         kvCacheUsage: 0.97,
         preemptionsTotal: 412,
         generationTokensTotal: 2_310_775,
+        ttftP99Ms: 2_480,
+        itlP99Ms: 96.5,
       }),
       readingAt: T - 25,
+      stale: false,
       derived: derived({ preemptionsPerSec: 3.5, generationTokensPerSec: 690, stalledForMs: 250 }),
     },
   ]
@@ -192,6 +204,8 @@ function replicaStatus(e: EngineSnapshot, url: string): ReplicaStatus {
     avgStepDurationMs: 8.5,
     ttftMeanMs: e.derived.ttftMeanMs,
     itlMeanMs: e.derived.itlMeanMs,
+    ttftP99Ms: r.ttftP99Ms,
+    itlP99Ms: r.itlP99Ms,
   }
 }
 

@@ -58,6 +58,14 @@ describe('MonitorMetrics', () => {
     expect(sampleValue(text, MetricNames.up)).toBe(1)
   })
 
+  it('exports p99 TTFT and ITL in seconds, and no sample for a replica whose window is empty', async () => {
+    const text = await exposition()
+    expect(sampleValue(text, MetricNames.ttftP99, { replica: 'r1' })).toBe(2.48)
+    expect(sampleValue(text, MetricNames.itlP99, { replica: 'r1' })).toBe(0.0965)
+    expect(sampleValue(text, MetricNames.ttftP99, { replica: 'r0' })).toBeUndefined()
+    expect(sampleValue(text, MetricNames.itlP99, { replica: 'r0' })).toBeUndefined()
+  })
+
   it('marks the current lifecycle state 1 and the seven others 0, per replica and for the fleet', async () => {
     const samples = parseSamples(await exposition())
     const r1 = samples.filter((s) => s.name === MetricNames.lifecycleState && s.labels.replica === 'r1')

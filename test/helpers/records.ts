@@ -27,6 +27,14 @@ export function engineReading(replica = 'r0', over: Partial<EngineReading> = {})
     e2eCount: 0,
     queueTimeSecondsSum: 0,
     queueTimeCount: 0,
+    ttftP50Ms: null,
+    ttftP90Ms: null,
+    ttftP99Ms: null,
+    itlP50Ms: null,
+    itlP99Ms: null,
+    e2eP50Ms: null,
+    e2eP99Ms: null,
+    queueTimeP99Ms: null,
     ...over,
   }
 }

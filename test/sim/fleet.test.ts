@@ -5,7 +5,7 @@ import { FAULT_TYPES } from '../../src/sim/faults.js'
 import { type FleetOptions, SimFleet } from '../../src/sim/fleet.js'
 import { runSimulation, type SimulationOptions } from '../../src/sim/run.js'
 import { SCENARIO_NAMES, scenario } from '../../src/sim/scenarios.js'
-import type { FaultLabel, FaultType, TelemetryRecord } from '../../src/telemetry/types.js'
+import type { EngineReading, FaultLabel, FaultType, TelemetryRecord } from '../../src/telemetry/types.js'
 
 const GiB = 1024 ** 3
 /** Faults in the named scenarios strike r0 here (after boot and some serving). */
@@ -284,6 +284,21 @@ describe('SimFleet', () => {
       expect((Math.max(...mem) - Math.min(...mem)) / GiB).toBeLessThan(0.5)
     })
 
+    it('kv-exhaustion: the windowed quantiles carry the TTFT rise, ordered p50 <= p90 <= p99', () => {
+      const run = named('kv-exhaustion')
+      const fail = label(run, 'kv-exhaustion', 'failure').t
+      const before = at(run.engine, FAULT_AT)
+      const during = at(run.engine, fail + 60_000)
+      expect(before.ttftP99Ms).not.toBeNull()
+      // Over the last 60 s only: unlike the cumulative mean, it does not remember the calm start.
+      expect(during.ttftP99Ms!).toBeGreaterThan(10 * before.ttftP99Ms!)
+      for (const r of run.engine) {
+        if (r.ttftP50Ms === null) continue
+        expect(r.ttftP50Ms).toBeLessThanOrEqual(r.ttftP90Ms!)
+        expect(r.ttftP90Ms!).toBeLessThanOrEqual(r.ttftP99Ms!)
+      }
+    })
+
     for (const fault of ['gpu-oom-spike', 'gpu-oom-cotenant', 'memory-leak'] as const) {
       it(`${fault}: GPU memory grows until a CUDA OOM kills the engine, and the server exits 0`, () => {
         const run = named(fault)
@@ -485,7 +500,14 @@ describe('SimFleet', () => {
       expect(fleet.gpuReadings()[0]!.memoryUsedBytes! / GiB).toBeLessThan(1)
       r0.restart(fleet.now)
       expect(r0.restarts).toBe(1)
-      fleet.advanceTo(60_000)
+      // Sampled every 100 ms as the runner does: the new engine's latency window starts afresh.
+      let firstUp: EngineReading | null = null
+      for (let t = 30_100; t <= 60_000; t += 100) {
+        fleet.advanceTo(t)
+        const r = r0.reading()
+        if (firstUp === null && r.reachable) firstUp = r
+      }
+      expect(firstUp?.ttftP99Ms).toBeNull()
       expect(r0.phase).toBe('serving')
       expect(r0.exitCode).toBeNull()
       const reading = fleet.engineReadings()[0]!

@@ -229,4 +229,29 @@ describe('parseSampleValue', () => {
     expect(parseSampleValue('1,5')).toBeUndefined()
     expect(parseSampleValue('abc')).toBeUndefined()
   })
+
+  it('rejects the radix integers Number() reads but Go ParseFloat does not (0x1F, 0o7, 0b1)', () => {
+    for (const t of ['0x1F', '0X1f', '0o7', '0O7', '0b1', '0B1'])
+      expect(parseSampleValue(t), t).toBeUndefined()
+    expect(parseExposition('a 0x1F').errors[0]?.message).toBe('invalid value "0x1F" for a')
+    expect(parseSampleValue('0')).toBe(0)
+    expect(parseSampleValue('0.5')).toBe(0.5)
+    expect(parseSampleValue('0e1')).toBe(0)
+  })
+})
+
+describe('parseExposition on hostile input', () => {
+  it('quotes at most 80 characters of a name in an error, however long the name', () => {
+    const p = parseExposition(`${'n'.repeat(1_000_000)} oops\na{${'l'.repeat(1_000_000)} 1`)
+    expect(p.errors).toHaveLength(2)
+    for (const e of p.errors) expect(e.message.length).toBeLessThan(150)
+  })
+
+  it('unescapes a label value or HELP text dense with escapes exactly as a sparse one', () => {
+    const value = 'a\\"b\\\\c\\nd\\xé✓'.repeat(200)
+    const expected = value.replace(/\\(\\|n|")/g, (_, c: string) => (c === 'n' ? '\n' : c))
+    expect(parseExposition(`a{b="${value}"} 1`).samples[0]?.labels.b).toBe(expected)
+    const help = value.replace(/\\(\\|n)/g, (_, c: string) => (c === 'n' ? '\n' : c))
+    expect(parseExposition(`# HELP a ${value}`).families.get('a')?.help).toBe(help)
+  })
 })

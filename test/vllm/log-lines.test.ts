@@ -240,6 +240,20 @@ describe('classifyLogLine on every log capture', () => {
     })
   })
 
+  it('reads the NCCL and Xid details however far into a long line they are', () => {
+    const pad = 'x'.repeat(50_000)
+    const nccl = logLines('log-nccl-5458.txt').find((l) => l.includes('Watchdog caught'))!
+    expect(classifyLogLine(`${pad} ${nccl}`)?.event).toMatchObject({
+      type: 'nccl-timeout',
+      data: { rank: 0, seqNum: 1, opType: 'ALLREDUCE', timeoutMs: 600000, ranForMs: 600086 },
+    })
+    const xid = logLines('log-xid-40652.txt').find((l) => l.includes('NVRM: Xid'))!
+    expect(classifyLogLine(`${pad} ${xid}`)?.event).toMatchObject({
+      type: 'xid',
+      data: { xid: 119, pci: '0000:0b:00', pid: 11431, processName: 'gpu-feature-dis' },
+    })
+  })
+
   it('names the dead worker in V1 and V0 forms', () => {
     expect(eventIn('log-workerdied-intel-llmscaler-154.txt', 'worker-died').data).toMatchObject({
       worker: 'VllmWorker-3',

@@ -300,6 +300,64 @@ describe('HttpScrapeSource', () => {
     expect(refTimers()).toBe(before)
   })
 
+  it('fills latency quantiles from the buckets of successive scrapes, DP engines merged, resets restarting', async () => {
+    // Cumulative TTFT buckets (le 0.1, 0.5, 1, +Inf) of engines "0" and "1", scrape after scrape.
+    const stages: Array<[number[], number[]]> = [
+      [
+        [0, 0, 0, 0],
+        [0, 0, 0, 0],
+      ],
+      [
+        [10, 10, 10, 10],
+        [0, 5, 5, 5],
+      ],
+      // The server restarted: counts start again.
+      [
+        [1, 1, 1, 1],
+        [0, 0, 0, 0],
+      ],
+      [
+        [1, 1, 1, 3],
+        [0, 0, 0, 0],
+      ],
+    ]
+    const les = ['0.1', '0.5', '1.0', '+Inf']
+    const body = (stage: [number[], number[]]) =>
+      stage
+        .flatMap((counts, engine) =>
+          counts.map(
+            (c, i) =>
+              `vllm:time_to_first_token_seconds_bucket{engine="${engine}",le="${les[i]}",model_name="m"} ${c}`,
+          ),
+        )
+        .join('\n')
+    let served = 0
+    const vllm = await fakeVllm((req, res) => {
+      if (req.url !== '/metrics') return serveSample(req, res)
+      res.writeHead(200)
+      res.end(body(stages[Math.min(served++, stages.length - 1)]!))
+    })
+    const records: TelemetryRecord[] = []
+    let clock = 0
+    source({ url: vllm.url, intervalMs: 20, probeHealth: false, now: () => (clock += 100) }).start((r) =>
+      records.push(r),
+    )
+    await waitFor(() => (records.length >= 4 ? true : undefined))
+    const ttft = records.slice(0, 4).map((r) => {
+      const e = r as Extract<TelemetryRecord, { kind: 'engine' }>
+      return [e.ttftP50Ms, e.ttftP90Ms, e.ttftP99Ms]
+    })
+    // 1: one scrape, no window. 2: 10 requests <= 0.1 s and 5 in (0.1, 0.5] over both engines.
+    // 3: counts went down, the window restarts. 4: 2 requests above the last finite bound.
+    expect(ttft[0]).toEqual([null, null, null])
+    expect(ttft[1]![0]).toBeCloseTo(75, 9)
+    expect(ttft[1]![1]).toBeCloseTo(380, 9)
+    expect(ttft[1]![2]).toBeCloseTo(488, 9)
+    expect(ttft[2]).toEqual([null, null, null])
+    expect(ttft[3]).toEqual([1000, 1000, 1000])
+    expect(records[1]).toMatchObject({ engine: '0,1', itlP99Ms: null, e2eP99Ms: null, queueTimeP99Ms: null })
+  })
+
   it('validates its options and names the bad one', () => {
     const ok = { replicas: [{ name: 'a', url: 'http://127.0.0.1:8000' }], now: () => 0 }
     const bad: Array<[object, RegExp]> = [
@@ -313,6 +371,8 @@ describe('HttpScrapeSource', () => {
       [{ ...ok, timeoutMs: 0 }, /options\.timeoutMs/],
       [{ ...ok, probeHealth: 'yes' }, /options\.probeHealth/],
       [{ ...ok, now: 5 }, /options\.now/],
+      [{ ...ok, quantileWindowMs: 50 }, /options\.quantileWindowMs/],
+      [{ ...ok, quantileWindowMs: Number.NaN }, /options\.quantileWindowMs/],
     ]
     for (const [options, message] of bad) {
       expect(() => new HttpScrapeSource(options as never)).toThrow(InvalidOptionError)
