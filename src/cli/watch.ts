@@ -68,6 +68,8 @@ export async function runWatch(o: WatchCliOptions): Promise<number> {
     http: o.httpPort === undefined ? false : { host: '127.0.0.1', port: o.httpPort },
     hangAfterMs: o.hangAfterMs,
     scrapeIntervalMs: o.scrapeIntervalMs,
+    // As `run`: checkpoints every 10 ms so a death or a hang shows within tens of ms of its cause.
+    checkpointIntervalMs: 10,
     probes: {
       intervalMs: o.probeIntervalMs,
       timeoutMs: o.probeTimeoutMs,

@@ -45,6 +45,8 @@ import type {
 export interface MonitorCoreOptions {
   checkpointIntervalMs: number
   hangAfterMs: number
+  /** How often readings come: a stall is carried forward between two readings, never past one. */
+  scrapeIntervalMs: number
   recoverAfterMs: number
   /** KV usage at or above this, with preemptions, is pressure. */
   kvPressureThreshold: number
@@ -65,6 +67,7 @@ export interface MonitorCoreOptions {
 export const DEFAULT_CORE_OPTIONS: MonitorCoreOptions = {
   checkpointIntervalMs: 100,
   hangAfterMs: 30_000,
+  scrapeIntervalMs: 100,
   recoverAfterMs: 5_000,
   kvPressureThreshold: 0.95,
   // Off unless configured: the monitor derives it from its scrape interval; replays of traces
@@ -530,20 +533,25 @@ export class MonitorCore {
       return
     }
     const d = r.derived
-    if (d !== null && d.stalledForMs !== null && d.stalledForMs >= this.options.hangAfterMs) {
+    // The stall as of now, not as of the last scrape: a hang is called on the first checkpoint
+    // past the bound instead of waiting for the next reading (the data are fresh: not stale).
+    const since = t - (r.readingAt ?? t)
+    const stalledMs =
+      d?.stalledForMs == null ? null : d.stalledForMs + (since < this.options.scrapeIntervalMs ? since : 0)
+    if (d !== null && stalledMs !== null && stalledMs >= this.options.hangAfterMs) {
       const running = r.reading?.requestsRunning ?? 0
       this.move(
         r,
         'ERROR',
         t,
-        `engine hung: ${running} requests running, no tokens or steps for ${Math.round(d.stalledForMs / 1000)} s (/health still 200)`,
+        `engine hung: ${running} requests running, no tokens or steps for ${Math.round(stalledMs / 1000)} s (/health still 200)`,
       )
       this.event(t, {
         type: 'hang',
         severity: 'critical',
         replica: r.name,
         gpu: null,
-        message: `engine on ${r.name} hung: no progress for ${Math.round(d.stalledForMs / 1000)} s while ${running} requests run`,
+        message: `engine on ${r.name} hung: no progress for ${Math.round(stalledMs / 1000)} s while ${running} requests run`,
       })
       return
     }

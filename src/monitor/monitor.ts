@@ -84,6 +84,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
           meta: {
             checkpointIntervalMs: o.checkpointIntervalMs,
             hangAfterMs: o.hangAfterMs,
+            scrapeIntervalMs: o.scrapeIntervalMs,
             recoverAfterMs: o.recoverAfterMs,
             kvPressureThreshold: o.kvPressureThreshold,
             ...(Number.isFinite(staleAfterMs) ? { staleAfterMs } : {}),
@@ -96,6 +97,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
     this.core = new MonitorCore({
       checkpointIntervalMs: o.checkpointIntervalMs,
       hangAfterMs: o.hangAfterMs,
+      scrapeIntervalMs: o.scrapeIntervalMs,
       recoverAfterMs: o.recoverAfterMs,
       kvPressureThreshold: o.kvPressureThreshold,
       staleAfterMs,

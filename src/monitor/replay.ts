@@ -20,6 +20,7 @@ export function coreOptionsFromHeader(header: TraceHeader | null): Partial<Monit
   for (const k of [
     'checkpointIntervalMs',
     'hangAfterMs',
+    'scrapeIntervalMs',
     'recoverAfterMs',
     'kvPressureThreshold',
     'staleAfterMs',
