@@ -62,7 +62,7 @@ export function renderDemoView(cp: Checkpoint | null, status: MonitorStatus, o: 
       c,
       '2',
       `${pad('replica', 8)}${pad('state', 14)}${pad('run', 6)}${pad('wait', 7)}${pad('KV cache', 21)}` +
-        `${pad('preempt/s', 10)}${pad('gen tok/s', 10)}${pad('TTFT', 9)}${pad('ITL', 8)}`,
+        `${pad('preempt/s', 10)}${pad('gen tok/s', 10)}${pad('TTFT p99', 10)}${pad('ITL p99', 9)}`,
     ),
   )
   for (const e of cp?.engines ?? []) {
@@ -74,7 +74,8 @@ export function renderDemoView(cp: Checkpoint | null, status: MonitorStatus, o: 
         `${pad(num(r?.requestsRunning), 6)}${pad(num(r?.requestsWaiting), 7)}` +
         `${pad(`${bar(kv, 12)} ${num(kv === null ? null : kv * 100, 0, '%')}`, 21)}` +
         `${pad(num(d.preemptionsPerSec, 1), 10)}${pad(num(d.generationTokensPerSec, 0), 10)}` +
-        `${pad(num(d.ttftMeanMs, 0, 'ms'), 9)}${pad(num(d.itlMeanMs, 1, 'ms'), 8)}`,
+        // p99 over the scraper's window (60 s); the interval mean where no window exists yet.
+        `${pad(num(r?.ttftP99Ms ?? d.ttftMeanMs, 0, 'ms'), 10)}${pad(num(r?.itlP99Ms ?? d.itlMeanMs, 1, 'ms'), 9)}`,
     )
     lines.push(paint(c, '2', `        ${e.reason}`.slice(0, width)))
   }
