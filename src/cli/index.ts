@@ -10,6 +10,7 @@ import { runRecord } from './record.js'
 import { renderGpuTable } from './render.js'
 import { runReplay } from './replay.js'
 import { registerRun } from './run.js'
+import { guardOutput } from './safe-output.js'
 import { runSim } from './sim.js'
 import { registerWatch } from './watch.js'
 
@@ -25,6 +26,9 @@ const positive = (name: string) => (v: string) => {
 }
 const scenarioOption = (fallback: string) =>
   new Option('--scenario <name>', 'simulated scenario').choices([...SCENARIO_NAMES]).default(fallback)
+
+// Every command runs long or pipes: a reader that goes away must not crash it (see safe-output.ts).
+guardOutput()
 
 const program = new Command()
   .name('vllm-monitor')

@@ -18,6 +18,7 @@ import { createMonitor } from '../monitor/monitor.js'
 import type { GpuMode, MonitorOptions } from '../monitor/options.js'
 import type { TimedEvent, Transition } from '../telemetry/types.js'
 import { type ExitInfo, VllmSupervisor } from '../vllm/supervisor.js'
+import { guardOutput, safeWrite } from './safe-output.js'
 
 export interface RunCliOptions {
   /** The vLLM command line: `['vllm', 'serve', MODEL, ...]`. */
@@ -162,8 +163,11 @@ export async function runRun(o: RunCliOptions): Promise<number> {
     return 2
   }
   const url = o.url ?? urlFromVllmArgs(args)
+  // A closed pipe (`| head`, a dead log shipper) must not take the supervised vLLM down.
+  guardOutput()
   const say = (text: string, json: Record<string, unknown>) => {
-    process.stderr.write(
+    safeWrite(
+      process.stderr,
       o.json ? `${JSON.stringify({ source: 'vllm-monitor', ...json })}\n` : `[vllm-monitor] ${text}\n`,
     )
   }
@@ -189,7 +193,7 @@ export async function runRun(o: RunCliOptions): Promise<number> {
           },
         }
       : {}),
-    onData: (stream, chunk) => (stream === 'stdout' ? process.stdout : process.stderr).write(chunk),
+    onData: (stream, chunk) => safeWrite(stream === 'stdout' ? process.stdout : process.stderr, chunk),
   })
   supervisor.on('exit', (e) => {
     if (!e.willRestart) finish(e)

@@ -10,7 +10,15 @@ export function untilStopped(durationSec?: number): Promise<'timeout' | 'signal'
       resolve(why)
     }
     const onSignal = () => finish('signal')
-    if (durationSec !== undefined) timer = setTimeout(() => finish('timeout'), durationSec * 1000)
+    // Timers hold 2^31-1 ms (about 24.8 days); a longer duration re-arms until it is reached.
+    const end = durationSec === undefined ? null : Date.now() + durationSec * 1000
+    const arm = () => {
+      if (end === null) return
+      const left = end - Date.now()
+      if (left <= 0) finish('timeout')
+      else timer = setTimeout(arm, Math.min(left, 2_147_483_647))
+    }
+    arm()
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
   })

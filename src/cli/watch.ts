@@ -6,6 +6,7 @@
  * The i-th `--pid` and `--log` belong to the i-th `--url` (replicas are named r0, r1, ...).
  * Transitions go to stderr, one line each (JSON lines with `--json`).
  */
+import { readFileSync } from 'node:fs'
 import { InvalidArgumentError as CliArgError, type Command, Option } from 'commander'
 import { createMonitor, type VLLMEngineMonitor } from '../monitor/monitor.js'
 import type { GpuMode, MonitorOptions } from '../monitor/options.js'
@@ -36,13 +37,22 @@ export interface WatchCliOptions {
   pidPollMs?: number
 }
 
-/** Whether `pid` names a live process (EPERM: alive, owned by someone else). */
+/**
+ * Whether `pid` names a live process (EPERM: alive, owned by someone else). A zombie answers
+ * kill(0) too, so /proc's state decides where it can be read: Z (or X) is gone.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
-    return true
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const state = stat.charAt(stat.lastIndexOf(')') + 2)
+    return state !== 'Z' && state !== 'X'
+  } catch {
+    return true
   }
 }
 

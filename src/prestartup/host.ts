@@ -1,9 +1,8 @@
 /** The host-side checks: the port, /dev/shm, disk for the model, open-file limit, vllm itself. */
-import { execFile } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { readFile, statfs } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { dirname } from 'node:path'
-import { promisify } from 'node:util'
 import { gib } from './memory.js'
 import type { ResolvedModel } from './models.js'
 import type { CheckResult } from './types.js'
@@ -180,20 +179,64 @@ export async function checkUlimit(limitsPath = '/proc/self/limits'): Promise<Che
   return assessUlimit(lim.soft, lim.hard)
 }
 
-const run = promisify(execFile)
+/** Runs a command in its own process group with a deadline that kills the whole group. */
+function runGroup(
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs: number,
+): Promise<{ stdout: string }> {
+  return new Promise((resolve, reject) => {
+    let timedOut = false
+    let stdout = ''
+    let stderr = ''
+    const child = spawn(cmd, args, { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+    const cap = (s: string, chunk: Buffer) => (s.length < 1 << 20 ? s + chunk.toString('utf8') : s)
+    child.stdout.on('data', (c: Buffer) => {
+      stdout = cap(stdout, c)
+    })
+    child.stderr.on('data', (c: Buffer) => {
+      stderr = cap(stderr, c)
+    })
+    const timer = setTimeout(() => {
+      timedOut = true
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL')
+      } catch {
+        child.kill('SIGKILL')
+      }
+    }, timeoutMs)
+    child.on('error', (err) => {
+      clearTimeout(timer)
+      reject(Object.assign(err, { stderr, timedOut }))
+    })
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      if (code === 0) resolve({ stdout })
+      else {
+        const err = new Error(`Command failed: ${cmd} ${args.join(' ')} (${signal ?? `exit ${code}`})`)
+        reject(Object.assign(err, { stderr, timedOut }))
+      }
+    })
+  })
+}
 
 async function tryRun(
   cmd: string,
   args: string[],
   env: NodeJS.ProcessEnv,
-): Promise<{ out: string } | { err: string }> {
+): Promise<{ out: string } | { err: string; timedOut?: true }> {
   try {
-    const { stdout } = await run(cmd, args, { env, timeout: 60_000, maxBuffer: 1 << 20 })
+    // Its own process group, killed whole on timeout: a `vllm` wrapper must not outlive the check.
+    const { stdout } = await runGroup(cmd, args, env, 60_000)
     const last = stdout.trim().split('\n').at(-1)?.trim() ?? ''
     return { out: last }
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stderr?: string }
     if (err.code === 'ENOENT') return { err: `no ${cmd} on PATH` }
+    if ((err as { timedOut?: boolean }).timedOut === true) {
+      return { err: `${cmd} did not answer within 60 s`, timedOut: true }
+    }
     const tail = err.stderr?.trim().split('\n').at(-1)
     return { err: `${cmd} failed: ${tail || err.message}` }
   }
@@ -203,6 +246,15 @@ export async function checkVllm(env: NodeJS.ProcessEnv): Promise<CheckResult> {
   const base = { id: 'vllm', title: 'vllm installed' }
   const cli = await tryRun('vllm', ['--version'], env)
   if ('out' in cli) return { ...base, status: 'pass', detail: `vllm ${cli.out} (vllm on PATH)` }
+  if (cli.timedOut === true) {
+    // Installed but slow (a cold torch import on slow storage): not the same as missing.
+    return {
+      ...base,
+      status: 'warn',
+      detail: `${cli.err} (installed, but starting it is slow: a cold import on slow storage?)`,
+      fix: 'check that `vllm --version` answers; a slow import also slows every vLLM start',
+    }
+  }
   const py = await tryRun('python3', ['-c', 'import vllm; print(vllm.__version__)'], env)
   if ('out' in py)
     return {

@@ -366,8 +366,9 @@ function parseUrl(url: unknown, where: string): URL {
 }
 
 function checkTimeout(v: unknown, where: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-    throw new InvalidOptionError(`${where} must be a positive number of milliseconds`)
+  // Node's timers hold 2^31-1 ms at most; a longer one fires after 1 ms.
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > 2_147_483_647) {
+    throw new InvalidOptionError(`${where} must be a positive number of milliseconds, at most 2147483647`)
   }
   return v
 }

@@ -57,7 +57,8 @@ export class LineSplitter {
       if (lastCr < from) this.#buf += s.slice(from, end)
       else if (lastCr === end - 1) {
         // CR at the end of the segment: CRLF when an LF follows, else undecided until the next chunk.
-        const before = s.lastIndexOf('\r', lastCr - 1)
+        // lastIndexOf(_, -1) searches from 0: guard it, or a chunk opening with CR loses the buffer.
+        const before = lastCr > from ? s.lastIndexOf('\r', lastCr - 1) : -1
         if (before >= from) this.#buf = s.slice(before + 1, lastCr)
         else this.#buf += s.slice(from, lastCr)
         if (nl === -1) this.#pendingCr = true

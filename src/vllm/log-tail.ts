@@ -100,10 +100,13 @@ export class LogTail {
   #schedule(): void {
     if (!this.#running) return
     this.#timer = setTimeout(() => {
-      this.#polling = this.#poll().finally(() => {
-        this.#polling = null
-        this.#schedule()
-      })
+      this.#polling = this.#poll()
+        // #poll handles its own errors; this keeps a throwing callback from going unhandled.
+        .catch((err: unknown) => this.#report(err as Error))
+        .finally(() => {
+          this.#polling = null
+          this.#schedule()
+        })
     }, this.pollMs)
     // The caller decides what keeps the process alive.
     this.#timer.unref()
@@ -113,6 +116,11 @@ export class LogTail {
     try {
       const fh = await open(this.path, 'r')
       const st = await fh.stat()
+      if (!this.#running) {
+        // stop() ran while the file was opening: it could not close what it did not have yet.
+        await fh.close()
+        return
+      }
       this.#fh = fh
       this.#ino = st.ino
       this.#dev = st.dev
@@ -188,6 +196,10 @@ export class LogTail {
     const msg = err?.message ?? String(err)
     if (msg === this.#lastError) return
     this.#lastError = msg
-    this.#onError?.(err)
+    try {
+      this.#onError?.(err)
+    } catch {
+      // The caller's error handler failing is not ours to escalate.
+    }
   }
 }

@@ -88,8 +88,9 @@ interface ReplicaState {
 }
 
 function positive(v: unknown, where: string, min = 1): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min) {
-    throw new InvalidOptionError(`${where} must be a number >= ${min} (ms)`)
+  // Node's timers hold 2^31-1 ms at most; a longer one fires after 1 ms.
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > 2_147_483_647) {
+    throw new InvalidOptionError(`${where} must be a number from ${min} to 2147483647 (ms)`)
   }
   return v
 }

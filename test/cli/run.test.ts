@@ -72,6 +72,21 @@ const serve = async (...extra: string[]) => [
 ]
 
 describe('vllm-monitor run', () => {
+  it('keeps vLLM running when the reader of its output goes away (EPIPE), then stops it on SIGTERM', async () => {
+    const port = await freePort()
+    const r = run(['--gpu', 'none', '--', 'vllm', 'serve', 'm', '--port', String(port)])
+    await r.waitFor('stderr', /SERVING/)
+    // Like `| head`: the pipe closes while vLLM keeps printing.
+    r.child.stdout.destroy()
+    r.child.stderr.destroy()
+    await new Promise((res) => setTimeout(res, 1500))
+    expect(r.child.exitCode).toBeNull()
+    const health = await fetch(`http://127.0.0.1:${port}/health`)
+    expect(health.status).toBe(200)
+    r.child.kill('SIGTERM')
+    expect(await r.exited).toEqual({ code: 0, signal: null })
+  })
+
   it('supervises vLLM to SERVING, passes its output through, and SIGTERM stops it gracefully (exit 0)', async () => {
     const r = run(await serve(), { FAKE_VLLM_RATE: '0' })
     await r.waitFor('stderr', /r0: READY -> SERVING/)

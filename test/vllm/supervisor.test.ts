@@ -132,6 +132,17 @@ describe('VllmSupervisor options', () => {
 })
 
 describe('LineSplitter', () => {
+  it('keeps a line whose CRLF is split so that the next chunk starts with the CR', () => {
+    const out: string[] = []
+    const s = new LineSplitter((l) => out.push(l))
+    s.write('abc')
+    s.write('\r\ndef\n')
+    s.write('ghi')
+    s.write('\r')
+    s.write('\njkl\n')
+    expect(out).toEqual(['abc', 'def', 'ghi', 'jkl'])
+  })
+
   it('joins partial lines and splits on LF, CRLF (even across chunks), keeps the last frame of a CR-rewritten line, strips ANSI', () => {
     const out: string[] = []
     const s = new LineSplitter((l) => out.push(l))
