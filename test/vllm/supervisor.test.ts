@@ -318,7 +318,11 @@ describe('VllmSupervisor with the fake vllm', () => {
     })
     await f.until('ERROR')
     expect(f.path()).toEqual(['INITIALIZING', 'LOADING_MODEL', 'READY', 'SERVING', 'ERROR'])
-    expect(f.monitor.getStatus().replicas[0]?.reason).toMatch(/died unexpectedly/)
+    // The death line or the exit record names the cause (the 503 scrape may have won the race).
+    await waitFor(
+      'reason',
+      () => /died unexpectedly/.test(f.monitor.getStatus().replicas[0]?.reason ?? '') || undefined,
+    )
   })
 
   it('a runtime CUDA OOM (exit 0) is named with the allocation that failed', async () => {
