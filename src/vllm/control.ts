@@ -16,7 +16,14 @@
 import http from 'node:http'
 import https from 'node:https'
 import { InvalidOptionError } from '../errors.js'
-import { endpointUrl, type HttpCallResult, httpCall, parseJson } from './http-call.js'
+import {
+  checkTimeoutMs,
+  endpointUrl,
+  type HttpCallResult,
+  httpCall,
+  parseHttpUrl,
+  parseJson,
+} from './http-call.js'
 
 export interface VllmControlClientOptions {
   /** The server's base URL, e.g. `http://10.0.0.5:8000`. */
@@ -81,9 +88,9 @@ export class VllmControlClient {
     if (options === null || typeof options !== 'object') {
       throw new InvalidOptionError('options must be an object { url, timeoutMs?, apiKey? }')
     }
-    this.#base = parseUrl(options.url, 'options.url')
+    this.#base = parseHttpUrl(options.url, 'options.url')
     this.url = this.#base.href.replace(/\/+$/, '')
-    this.timeoutMs = checkTimeout(options.timeoutMs ?? DEFAULT_CONTROL_TIMEOUT_MS, 'options.timeoutMs')
+    this.timeoutMs = checkTimeoutMs(options.timeoutMs ?? DEFAULT_CONTROL_TIMEOUT_MS, 'options.timeoutMs')
     if (options.apiKey !== undefined && (typeof options.apiKey !== 'string' || options.apiKey === '')) {
       throw new InvalidOptionError('options.apiKey must be a non-empty string')
     }
@@ -261,7 +268,7 @@ export class VllmControlClient {
   }
 
   #timeout(o: CallOptions): number {
-    return o.timeoutMs === undefined ? this.timeoutMs : checkTimeout(o.timeoutMs, 'timeoutMs')
+    return o.timeoutMs === undefined ? this.timeoutMs : checkTimeoutMs(o.timeoutMs, 'timeoutMs')
   }
 
   #get(path: string, query: Array<[string, string]>, timeoutMs: number): Promise<HttpCallResult> {
@@ -348,27 +355,4 @@ function sleepModeOf(info: HttpCallResult | null): boolean | null {
     return m === null ? null : m[1] === 'True'
   }
   return null
-}
-
-function parseUrl(url: unknown, where: string): URL {
-  if (typeof url !== 'string' || url === '')
-    throw new InvalidOptionError(`${where} must be a non-empty URL string`)
-  let u: URL
-  try {
-    u = new URL(url)
-  } catch {
-    throw new InvalidOptionError(`${where} is not a valid URL: ${JSON.stringify(url)}`)
-  }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
-    throw new InvalidOptionError(`${where} must be an http: or https: URL, got ${u.protocol}`)
-  }
-  return u
-}
-
-function checkTimeout(v: unknown, where: string): number {
-  // Node's timers hold 2^31-1 ms at most; a longer one fires after 1 ms.
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > 2_147_483_647) {
-    throw new InvalidOptionError(`${where} must be a positive number of milliseconds, at most 2147483647`)
-  }
-  return v
 }

@@ -409,7 +409,8 @@ const SUMMED: ReadonlyArray<keyof EngineReading> = [
   'queueTimeCount',
 ]
 
-const QUANTILES = [
+/** The latency quantile fields of an EngineReading (filled by `LatencyWindows`). */
+export const LATENCY_QUANTILE_FIELDS = [
   'ttftP50Ms',
   'ttftP90Ms',
   'ttftP99Ms',
@@ -446,6 +447,6 @@ export function mergeEngineReadings(readings: readonly EngineReading[]): EngineR
   out.kvCacheUsage = kv
   // Quantiles do not add up: the caller merges the engines' buckets (mergeLatencyHistograms) and
   // fills these from its window.
-  for (const k of QUANTILES) out[k] = null
+  for (const k of LATENCY_QUANTILE_FIELDS) out[k] = null
   return out
 }

@@ -7,6 +7,7 @@
  */
 import http from 'node:http'
 import https from 'node:https'
+import { InvalidOptionError } from '../errors.js'
 
 export interface HttpCallOptions {
   method: 'GET' | 'POST'
@@ -23,6 +24,8 @@ export interface HttpCallOptions {
   retryOnReset?: boolean
   /** Bodies longer than this (UTF-16 units) are not buffered. Default 1 MiB. */
   maxBodyChars?: number
+  /** false: only the status matters; the body is drained (so the socket returns to the pool). */
+  readBody?: boolean
   signal?: AbortSignal
 }
 
@@ -114,6 +117,11 @@ export function httpCall(o: HttpCallOptions): Promise<HttpCallResult> {
       req.on('response', (res) => {
         answered = true
         const status = res.statusCode ?? 0
+        if (o.readBody === false) {
+          res.resume()
+          settle(status, null, null)
+          return
+        }
         res.setEncoding('utf8')
         let body = ''
         res.on('data', (chunk: string) => {
@@ -155,4 +163,34 @@ export function parseJson(text: string | null): unknown {
   } catch {
     return null
   }
+}
+
+/** Validates a server's base URL (http: or https:); `where` names the option in the error. */
+export function parseHttpUrl(url: unknown, where: string): URL {
+  if (typeof url !== 'string' || url === '') {
+    throw new InvalidOptionError(`${where} must be a non-empty URL string`)
+  }
+  let u: URL
+  try {
+    u = new URL(url)
+  } catch {
+    throw new InvalidOptionError(`${where} is not a valid URL: ${JSON.stringify(url)}`)
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    throw new InvalidOptionError(`${where} must be an http: or https: URL, got ${u.protocol}`)
+  }
+  return u
+}
+
+/** Node's timers hold 2^31-1 ms at most; a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2_147_483_647
+
+/** Validates a timeout in ms: positive and within what a Node timer holds. */
+export function checkTimeoutMs(v: unknown, where: string): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_TIMER_MS) {
+    throw new InvalidOptionError(
+      `${where} must be a positive number of milliseconds, at most ${MAX_TIMER_MS}`,
+    )
+  }
+  return v
 }

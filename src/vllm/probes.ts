@@ -19,7 +19,7 @@ import http from 'node:http'
 import https from 'node:https'
 import { InvalidArgumentError, InvalidOptionError } from '../errors.js'
 import type { EventSeverity, TelemetryRecord, TelemetrySource } from '../telemetry/types.js'
-import { endpointUrl, type HttpCallResult, httpCall, parseJson } from './http-call.js'
+import { endpointUrl, type HttpCallResult, httpCall, MAX_TIMER_MS, parseJson } from './http-call.js'
 
 export type ProbeEndpoint = '/health' | '/v1/models' | '/version' | '/v1/completions'
 
@@ -89,8 +89,8 @@ interface ReplicaState {
 
 function positive(v: unknown, where: string, min = 1): number {
   // Node's timers hold 2^31-1 ms at most; a longer one fires after 1 ms.
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > 2_147_483_647) {
-    throw new InvalidOptionError(`${where} must be a number from ${min} to 2147483647 (ms)`)
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > MAX_TIMER_MS) {
+    throw new InvalidOptionError(`${where} must be a number from ${min} to ${MAX_TIMER_MS} (ms)`)
   }
   return v
 }

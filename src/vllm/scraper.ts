@@ -21,6 +21,7 @@ import {
   LatencyWindows,
   mergeLatencyHistograms,
 } from './histogram-window.js'
+import { checkTimeoutMs, endpointUrl, httpCall, parseHttpUrl } from './http-call.js'
 
 const debug = debuglog('vllm-monitor')
 
@@ -96,150 +97,35 @@ interface GetOptions {
   timeoutMs: number
   agent: http.Agent | undefined
   readBody: boolean
-  /** In-flight requests, so `stop()` can abort them. */
-  inFlight?: Set<http.ClientRequest>
-}
-
-const kAborted = Symbol('aborted')
-
-function codeOf(err: unknown): string {
-  const code = (err as { code?: unknown } | null)?.code
-  return typeof code === 'string' && code !== '' ? code : 'ERROR'
+  /** Aborts the request (`stop()`). */
+  signal?: AbortSignal
 }
 
 /**
- * One GET with a hard deadline. Never rejects. A request on a reused keep-alive socket that the
- * server had just closed fails with ECONNRESET before anything was sent; it is retried once on a
- * fresh socket within the same deadline (the pattern Node's http docs give for `reusedSocket`).
+ * One GET with a hard deadline through the shared `httpCall` (never rejects; a keep-alive socket
+ * the server had just closed is retried once within the deadline). A non-2xx answer is an error
+ * (`HTTP <status>`) with no body.
  */
-function get(url: URL, o: GetOptions): Promise<GetResult> {
-  const deadline = performance.now() + o.timeoutMs
-  return new Promise<GetResult>((resolve) => {
-    let settled = false
-    const settle = (r: GetResult) => {
-      if (settled) return
-      settled = true
-      resolve(r)
-    }
-    const attempt = (mayRetry: boolean) => {
-      const mod = url.protocol === 'https:' ? https : http
-      let req: http.ClientRequest
-      try {
-        req = mod.request(url, {
-          method: 'GET',
-          agent: o.agent,
-          headers: { accept: 'text/plain;version=0.0.4;q=0.9,*/*;q=0.1' },
-        })
-      } catch (err) {
-        settle(failure(codeOf(err)))
-        return
-      }
-      let timedOut = false
-      let gotResponse = false
-      // Set when this attempt hands the promise to a retry: its own close/error then mean nothing.
-      let superseded = false
-      const timer = setTimeout(
-        () => {
-          timedOut = true
-          req.destroy()
-        },
-        Math.max(1, deadline - performance.now()),
-      )
-      timer.unref()
-      o.inFlight?.add(req)
-      const fail = (err: unknown) => {
-        if (superseded) return
-        if ((req as unknown as Record<symbol, unknown>)[kAborted]) settle(failure(ScrapeErrorReasons.ABORTED))
-        else if (timedOut) settle(failure('ETIMEDOUT'))
-        else settle(failure(codeOf(err)))
-      }
-      req.once('close', () => {
-        clearTimeout(timer)
-        o.inFlight?.delete(req)
-        // A close with neither answer nor error (destroy() without one) must still settle.
-        if (!settled) fail(new Error('socket closed'))
-      })
-      req.on('error', (err) => {
-        if (
-          mayRetry &&
-          !gotResponse &&
-          !timedOut &&
-          !settled &&
-          codeOf(err) === 'ECONNRESET' &&
-          req.reusedSocket
-        ) {
-          superseded = true
-          attempt(false)
-          return
-        }
-        fail(err)
-      })
-      req.on('response', (res) => {
-        gotResponse = true
-        const status = res.statusCode ?? 0
-        res.on('error', fail)
-        const ok = status >= 200 && status <= 299
-        if (!ok || !o.readBody) {
-          // Drain so the socket goes back to the pool; the status is all that is needed.
-          res.resume()
-          settle({ status, body: null, error: ok ? null : `HTTP ${status}` })
-          return
-        }
-        res.setEncoding('utf8')
-        let body = ''
-        res.on('data', (chunk: string) => {
-          body += chunk
-          if (body.length > MAX_BODY_CHARS) {
-            settle(failure(ScrapeErrorReasons.BODY_TOO_LARGE))
-            req.destroy()
-          }
-        })
-        res.on('end', () => {
-          if (res.complete) settle({ status, body, error: null })
-          else fail(Object.assign(new Error('incomplete body'), { code: 'ECONNRESET' }))
-        })
-        res.on('close', () => {
-          if (!res.complete) fail(Object.assign(new Error('connection reset'), { code: 'ECONNRESET' }))
-        })
-      })
-      req.end()
-    }
-    attempt(true)
+async function get(url: URL, o: GetOptions): Promise<GetResult> {
+  const r = await httpCall({
+    method: 'GET',
+    url,
+    timeoutMs: o.timeoutMs,
+    agent: o.agent,
+    headers: { accept: 'text/plain;version=0.0.4;q=0.9,*/*;q=0.1' },
+    retryOnReset: true,
+    maxBodyChars: MAX_BODY_CHARS,
+    readBody: o.readBody,
+    ...(o.signal === undefined ? {} : { signal: o.signal }),
   })
+  if (r.error !== null) return failure(r.error)
+  const status = r.status as number
+  if (status < 200 || status > 299) return { status, body: null, error: `HTTP ${status}` }
+  return { status, body: o.readBody ? r.body : null, error: null }
 }
 
 function failure(error: string): GetResult {
   return { status: null, body: null, error }
-}
-
-function endpoint(base: URL, path: string): URL {
-  const u = new URL(base.href)
-  u.pathname = `${u.pathname.replace(/\/+$/, '')}${path}`
-  return u
-}
-
-/** Validates a replica base URL; `where` names the option in the error. */
-function parseBaseUrl(url: unknown, where: string): URL {
-  if (typeof url !== 'string' || url === '') {
-    throw new InvalidOptionError(`${where} must be a non-empty URL string`)
-  }
-  let u: URL
-  try {
-    u = new URL(url)
-  } catch {
-    throw new InvalidOptionError(`${where} is not a valid URL: ${JSON.stringify(url)}`)
-  }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
-    throw new InvalidOptionError(`${where} must be an http: or https: URL, got ${u.protocol}`)
-  }
-  return u
-}
-
-function checkTimeout(v: unknown, where: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-    throw new InvalidOptionError(`${where} must be a positive number of milliseconds`)
-  }
-  return v
 }
 
 function checkBoolean(v: unknown, where: string): boolean {
@@ -325,7 +211,7 @@ export class HttpScrapeSource implements TelemetrySource {
   readonly #now: () => number
   #timer: NodeJS.Timeout | null = null
   #agents: { http: http.Agent; https: https.Agent } | null = null
-  #inFlight = new Set<http.ClientRequest>()
+  #abort = new AbortController()
   /** Bumped by stop(): a scrape started in an earlier run pushes nothing. */
   #run = 0
   #push: ((record: TelemetryRecord) => void) | null = null
@@ -345,7 +231,7 @@ export class HttpScrapeSource implements TelemetrySource {
       throw new InvalidOptionError(`options.intervalMs must be a number >= ${MIN_INTERVAL_MS}`)
     }
     this.#intervalMs = intervalMs
-    this.#timeoutMs = checkTimeout(timeoutMs, 'options.timeoutMs')
+    this.#timeoutMs = checkTimeoutMs(timeoutMs, 'options.timeoutMs')
     const { quantileWindowMs = DEFAULT_QUANTILE_WINDOW_MS } = options
     if (
       typeof quantileWindowMs !== 'number' ||
@@ -369,11 +255,11 @@ export class HttpScrapeSource implements TelemetrySource {
       }
       if (names.has(r.name)) throw new InvalidOptionError(`${where}.name "${r.name}" is used twice`)
       names.add(r.name)
-      const base = parseBaseUrl(r.url, `${where}.url`)
+      const base = parseHttpUrl(r.url, `${where}.url`)
       return {
         name: r.name,
-        metricsUrl: endpoint(base, '/metrics'),
-        healthUrl: probeHealth ? endpoint(base, '/health') : null,
+        metricsUrl: endpointUrl(base, '/metrics'),
+        healthUrl: probeHealth ? endpointUrl(base, '/health') : null,
         busy: false,
         stats: { scrapes: 0, failures: 0, skippedTicks: 0, lastDurationMs: null, lastError: null },
         latency: new LatencyWindows({ windowMs: quantileWindowMs }),
@@ -400,11 +286,8 @@ export class HttpScrapeSource implements TelemetrySource {
     this.#timer = null
     this.#run++
     this.#push = null
-    for (const req of this.#inFlight) {
-      ;(req as unknown as Record<symbol, unknown>)[kAborted] = true
-      req.destroy()
-    }
-    this.#inFlight.clear()
+    this.#abort.abort()
+    this.#abort = new AbortController()
     this.#agents?.http.destroy()
     this.#agents?.https.destroy()
     this.#agents = null
@@ -429,7 +312,7 @@ export class HttpScrapeSource implements TelemetrySource {
       const startedAt = performance.now()
       let t: number | null = null
       const agent = r.metricsUrl.protocol === 'https:' ? this.#agents?.https : this.#agents?.http
-      const o: GetOptions = { timeoutMs: this.#timeoutMs, agent, readBody: true, inFlight: this.#inFlight }
+      const o: GetOptions = { timeoutMs: this.#timeoutMs, agent, readBody: true, signal: this.#abort.signal }
       scrapeReplica(r.name, r.metricsUrl, r.healthUrl, o, () => {
         t = this.#safeNow()
       })
@@ -496,15 +379,20 @@ export interface ScrapeOnceOptions {
  * would push, except the latency quantiles, which need a window of scrapes and are null. Invalid options throw InvalidOptionError synchronously; the promise never rejects.
  */
 export function scrapeOnce(url: string, opts: ScrapeOnceOptions = {}): Promise<EngineReading[]> {
-  const base = parseBaseUrl(url, 'url')
-  const timeoutMs = checkTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, 'options.timeoutMs')
+  const base = parseHttpUrl(url, 'url')
+  const timeoutMs = checkTimeoutMs(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, 'options.timeoutMs')
   const probeHealth = checkBoolean(opts.probeHealth ?? true, 'options.probeHealth')
   const replica = opts.replica ?? base.host
   if (typeof replica !== 'string') throw new InvalidOptionError('options.replica must be a string')
   // No keep-alive: a one-shot leaves no socket behind to hold the process open.
   const agent = base.protocol === 'https:' ? new https.Agent() : new http.Agent()
   const o: GetOptions = { timeoutMs, agent, readBody: true }
-  return scrapeReplica(replica, endpoint(base, '/metrics'), probeHealth ? endpoint(base, '/health') : null, o)
+  return scrapeReplica(
+    replica,
+    endpointUrl(base, '/metrics'),
+    probeHealth ? endpointUrl(base, '/health') : null,
+    o,
+  )
     .then((r) => r.readings)
     .catch(() => {
       const r = emptyEngineReading(replica)
@@ -524,9 +412,9 @@ export function fetchExposition(
   url: string,
   opts: { timeoutMs?: number } = {},
 ): Promise<ParsedExposition & { status: number }> {
-  const base = parseBaseUrl(url, 'url')
-  const timeoutMs = checkTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, 'options.timeoutMs')
-  const target = endpoint(base, '/metrics')
+  const base = parseHttpUrl(url, 'url')
+  const timeoutMs = checkTimeoutMs(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, 'options.timeoutMs')
+  const target = endpointUrl(base, '/metrics')
   const agent = base.protocol === 'https:' ? new https.Agent() : new http.Agent()
   return get(target, { timeoutMs, agent, readBody: true })
     .then((r) => {

@@ -1,11 +1,11 @@
 // `vllm-monitor run` against the fake vllm (test/fixtures/fake-vllm/vllm), through the built CLI:
 // dist/ must be current (`npx tsc -p tsconfig.build.json`; `npm install` builds it).
 import { type ChildProcess, spawn } from 'node:child_process'
-import { createServer } from 'node:net'
 import { delimiter, join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { exitStatusOf, urlFromVllmArgs } from '../../src/cli/run.js'
 import type { ExitInfo } from '../../src/vllm/supervisor.js'
+import { freePort } from '../helpers/net.js'
 
 const cli = join(import.meta.dirname, '../../dist/cli/index.js')
 const fakeDir = join(import.meta.dirname, '../fixtures/fake-vllm')
@@ -13,17 +13,6 @@ const children: ChildProcess[] = []
 afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
 })
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 /** Starts `vllm-monitor run ARGS` with the fake vllm first on PATH. */
 function run(args: string[], env: Record<string, string> = {}) {

@@ -11,26 +11,20 @@ import type {
   GpuReading,
   TimedEvent,
 } from '../../src/telemetry/types.js'
+import { engineReading } from '../helpers/records.js'
 
 const T = 600_000
 
 function reading(replica: string, over: Partial<EngineReading>): EngineReading {
-  return {
-    replica,
-    engine: '0',
+  return engineReading(replica, {
     modelName: 'meta-llama/Llama-3.1-8B-Instruct',
-    reachable: true,
-    healthStatus: 200,
-    error: null,
     requestsRunning: 12,
     requestsWaiting: 0,
     kvCacheUsage: 0.41,
-    preemptionsTotal: 0,
     promptTokensTotal: 4_812_330,
     generationTokensTotal: 1_904_221,
     stepsTotal: 388_102,
     requestsFinishedTotal: 9_211,
-    requestsErroredTotal: 0,
     numGpuBlocks: 27_264,
     ttftSecondsSum: 640.2,
     ttftCount: 9_223,
@@ -40,16 +34,8 @@ function reading(replica: string, over: Partial<EngineReading>): EngineReading {
     e2eCount: 9_211,
     queueTimeSecondsSum: 12.4,
     queueTimeCount: 9_223,
-    ttftP50Ms: null,
-    ttftP90Ms: null,
-    ttftP99Ms: null,
-    itlP50Ms: null,
-    itlP99Ms: null,
-    e2eP50Ms: null,
-    e2eP99Ms: null,
-    queueTimeP99Ms: null,
     ...over,
-  }
+  })
 }
 
 function derived(over: Partial<EngineDerived>): EngineDerived {

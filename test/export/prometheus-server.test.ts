@@ -4,7 +4,6 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -13,18 +12,9 @@ import { SimFleet } from '../../src/sim/fleet.js'
 import { scenario } from '../../src/sim/scenarios.js'
 import { SimServer } from '../../src/sim/server.js'
 import { waitFor } from '../helpers/fake-nvml.js'
+import { freePort } from '../helpers/net.js'
 
 const hasPrometheus = spawnSync('prometheus', ['--version']).status === 0
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      s.close(() => (typeof a === 'object' && a !== null ? resolve(a.port) : reject(new Error('no port'))))
-    })
-  })
-}
 
 interface QueryResult {
   status: string

@@ -1,7 +1,8 @@
 import { chmod, mkdir, mkdtemp, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+
+export { freePort } from '../helpers/net.js'
 
 export const GiB = 1024 ** 3
 
@@ -47,16 +48,4 @@ export async function fakeBin(scripts: Record<string, string>): Promise<string> 
     await chmod(join(dir, name), 0o755)
   }
   return dir
-}
-
-/** A port nothing listens on (bound and released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
 }

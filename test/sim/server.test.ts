@@ -1,60 +1,12 @@
-/**
- * The vLLM API of a simulated replica over real loopback sockets: what a client, a scraper or a
- * gateway meets, checked against vllm.md §2-§4 (ECONNREFUSED before readiness, /health 503 only
- * after engine death, 400/404/500 bodies, SSE streaming, aborts, exit 0 after engine death).
- */
-import http from 'node:http'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { SimFleet } from '../../src/sim/fleet.js'
 import { SimServer, type SimServerOptions } from '../../src/sim/server.js'
 import { parseExposition, type Sample } from '../../src/vllm/exposition.js'
+import { type Answer, request } from '../helpers/sim-http.js'
 
 const MODEL = 'meta-llama/Llama-3.1-8B-Instruct'
 const MAX_MODEL_LEN = 4096
 const DEAD = 'EngineCore encountered an issue. See stack trace (above) for the root cause.'
-
-interface Answer {
-  status: number | null
-  /** errno code when the request failed (ECONNREFUSED...). */
-  error: string | null
-  body: string
-}
-
-/** One request on a fresh connection (no keep-alive pool to hide a refused port). Never rejects. */
-function request(url: string, method = 'GET', body?: unknown, timeoutMs = 10_000): Promise<Answer> {
-  return new Promise((resolve) => {
-    const text = body === undefined ? undefined : JSON.stringify(body)
-    const req = http.request(url, {
-      method,
-      agent: false,
-      timeout: timeoutMs,
-      headers:
-        text === undefined
-          ? {}
-          : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) },
-    })
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })))
-    req.on('error', (err) =>
-      resolve({ status: null, error: (err as { code?: string }).code ?? 'ERROR', body: '' }),
-    )
-    req.on('response', (res) => {
-      let data = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => {
-        data += c
-      })
-      res.on('end', () => resolve({ status: res.statusCode ?? null, error: null, body: data }))
-      res.on('error', (err) =>
-        resolve({
-          status: res.statusCode ?? null,
-          error: (err as { code?: string }).code ?? 'ERROR',
-          body: data,
-        }),
-      )
-    })
-    req.end(text)
-  })
-}
 
 const json = <T>(a: Answer): T => JSON.parse(a.body) as T
 

@@ -4,66 +4,16 @@ import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/errors.js'
 import { ENGINE_SIGNALS, engineKey, GPU_SIGNALS, gpuKey, TelemetryStore } from '../../src/telemetry/store.js'
 import type { EngineReading, GpuReading } from '../../src/telemetry/types.js'
+import { engineReading, gpuReading } from '../helpers/records.js'
 
 const arr = (a: Float64Array, n = a.length) => Array.from(a.subarray(0, n))
 
 function engine(over: Partial<EngineReading> = {}): EngineReading {
-  return {
-    replica: 'r0',
-    engine: '0',
-    modelName: 'm',
-    reachable: true,
-    healthStatus: 200,
-    error: null,
-    requestsRunning: 4,
-    requestsWaiting: 1,
-    kvCacheUsage: 0.5,
-    preemptionsTotal: 0,
-    promptTokensTotal: 0,
-    generationTokensTotal: 0,
-    stepsTotal: 0,
-    requestsFinishedTotal: 0,
-    requestsErroredTotal: 0,
-    numGpuBlocks: 1000,
-    ttftSecondsSum: 0,
-    ttftCount: 0,
-    itlSecondsSum: 0,
-    itlCount: 0,
-    e2eSecondsSum: 0,
-    e2eCount: 0,
-    queueTimeSecondsSum: 0,
-    queueTimeCount: 0,
-    ttftP50Ms: null,
-    ttftP90Ms: null,
-    ttftP99Ms: null,
-    itlP50Ms: null,
-    itlP99Ms: null,
-    e2eP50Ms: null,
-    e2eP99Ms: null,
-    queueTimeP99Ms: null,
-    ...over,
-  }
+  return engineReading('r0', { requestsRunning: 4, requestsWaiting: 1, kvCacheUsage: 0.5, ...over })
 }
 
 function gpu(over: Partial<GpuReading> = {}): GpuReading {
-  return {
-    gpu: 0,
-    replica: 'r0',
-    uuid: 'GPU-0',
-    name: 'NVIDIA H100',
-    lost: false,
-    memoryUsedBytes: 70e9,
-    memoryTotalBytes: 80e9,
-    gpuUtilizationPercent: 95,
-    powerWatts: 600.5,
-    powerLimitWatts: 700,
-    temperatureCelsius: 65,
-    smClockMhz: 1980,
-    clockEventReasons: 0,
-    eccCorrectedVolatile: 0,
-    eccUncorrectedVolatile: 0,
-    ...over,
-  }
+  return gpuReading({ gpuUtilizationPercent: 95, powerWatts: 600.5, temperatureCelsius: 65, ...over })
 }
 
 const latest = (store: TelemetryStore, replica: string, signal: string) =>

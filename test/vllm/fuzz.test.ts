@@ -4,7 +4,11 @@
 import { describe, expect, it } from 'vitest'
 import { createRng, type Rng } from '../../src/sim/random.js'
 import type { EngineReading } from '../../src/telemetry/types.js'
-import { mergeEngineReadings, readEngineMetrics } from '../../src/vllm/engine-metrics.js'
+import {
+  LATENCY_QUANTILE_FIELDS,
+  mergeEngineReadings,
+  readEngineMetrics,
+} from '../../src/vllm/engine-metrics.js'
 import { MAX_REPORTED_ERRORS, parseExposition } from '../../src/vllm/exposition.js'
 import {
   type LatencyHistograms,
@@ -19,16 +23,7 @@ const SMALL_INPUT_MS = 100
 /** The bound for one call on a 1 MB line. */
 const ONE_MB_LINE_MS = 50
 
-const QUANTILES = [
-  'ttftP50Ms',
-  'ttftP90Ms',
-  'ttftP99Ms',
-  'itlP50Ms',
-  'itlP99Ms',
-  'e2eP50Ms',
-  'e2eP99Ms',
-  'queueTimeP99Ms',
-] as const
+const QUANTILES = LATENCY_QUANTILE_FIELDS
 
 // One window across all fuzz inputs: random buckets, resets and bound changes all reach it.
 const windows = new LatencyWindows({ windowMs: 5_000 })

@@ -6,7 +6,11 @@ import { SimFleet } from '../../src/sim/fleet.js'
 import { ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS } from '../../src/sim/histogram.js'
 import { createRng, type Rng } from '../../src/sim/random.js'
 import type { EngineReading } from '../../src/telemetry/types.js'
-import { emptyEngineReading, readEngineMetrics } from '../../src/vllm/engine-metrics.js'
+import {
+  emptyEngineReading,
+  LATENCY_QUANTILE_FIELDS,
+  readEngineMetrics,
+} from '../../src/vllm/engine-metrics.js'
 import { parseExposition } from '../../src/vllm/exposition.js'
 import {
   HistogramWindow,
@@ -18,16 +22,7 @@ import {
 } from '../../src/vllm/histogram-window.js'
 import { fixture } from './helpers.js'
 
-const QUANTILE_FIELDS = [
-  'ttftP50Ms',
-  'ttftP90Ms',
-  'ttftP99Ms',
-  'itlP50Ms',
-  'itlP99Ms',
-  'e2eP50Ms',
-  'e2eP99Ms',
-  'queueTimeP99Ms',
-] as const
+const QUANTILE_FIELDS = LATENCY_QUANTILE_FIELDS
 
 function quantilesOf(r: EngineReading): Record<string, number | null> {
   return Object.fromEntries(QUANTILE_FIELDS.map((f) => [f, r[f]]))

@@ -1,4 +1,3 @@
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/errors.js'
@@ -7,6 +6,7 @@ import type { LifecycleState, TelemetryRecord } from '../../src/telemetry/types.
 import { judgeExit } from '../../src/vllm/exit-cause.js'
 import { LineSplitter } from '../../src/vllm/line-splitter.js'
 import { type ExitInfo, VllmSupervisor, type VllmSupervisorOptions } from '../../src/vllm/supervisor.js'
+import { freePort } from '../helpers/net.js'
 
 const FAKE = join(import.meta.dirname, '../fixtures/fake-vllm/vllm')
 const CAPTURES = join(import.meta.dirname, '../fixtures/vllm')
@@ -15,17 +15,6 @@ const cleanups: Array<() => unknown> = []
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
 })
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 async function waitFor<T>(what: string, probe: () => T | null | undefined | false, timeoutMs = 15_000) {
   const end = Date.now() + timeoutMs
