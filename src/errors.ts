@@ -26,6 +26,10 @@ export const ErrorCodes = {
   SIM_INVALID_SCENARIO: 'VLLM_MONITOR_SIM_INVALID_SCENARIO',
   MONITOR_CLOSED: 'VLLM_MONITOR_CLOSED',
   PLUGIN_FAILED: 'VLLM_MONITOR_PLUGIN_FAILED',
+  MODEL_LOAD: 'VLLM_MONITOR_MODEL_LOAD',
+  MODEL_MISMATCH: 'VLLM_MONITOR_MODEL_MISMATCH',
+  FORECAST_WORKER: 'VLLM_MONITOR_FORECAST_WORKER',
+  FORECAST_TIMEOUT: 'VLLM_MONITOR_FORECAST_TIMEOUT',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]
@@ -116,6 +120,19 @@ export type MonitorClosedError = InstanceType<typeof MonitorClosedError>
 /** A plugin threw; the monitor reports it and carries on. */
 export const PluginError = defineError('PluginError', ErrorCodes.PLUGIN_FAILED)
 export type PluginError = InstanceType<typeof PluginError>
+
+/** A model directory is missing, unreadable or corrupt (bad JSON, checksum, truncated weights). */
+export const ModelLoadError = defineError('ModelLoadError', ErrorCodes.MODEL_LOAD)
+export type ModelLoadError = InstanceType<typeof ModelLoadError>
+/** A readable model that does not fit this monitor: another feature schema, outputs or shapes. */
+export const ModelMismatchError = defineError('ModelMismatchError', ErrorCodes.MODEL_MISMATCH)
+export type ModelMismatchError = InstanceType<typeof ModelMismatchError>
+/** A forecast worker failed to start, crashed or returned garbage; the monitor uses the baselines. */
+export const ForecastWorkerError = defineError('ForecastWorkerError', ErrorCodes.FORECAST_WORKER)
+export type ForecastWorkerError = InstanceType<typeof ForecastWorkerError>
+/** A forecast task ran past its deadline; its worker is replaced. */
+export const ForecastTimeoutError = defineError('ForecastTimeoutError', ErrorCodes.FORECAST_TIMEOUT)
+export type ForecastTimeoutError = InstanceType<typeof ForecastTimeoutError>
 
 const byCode: Record<string, new (m: string, o?: ErrorOptions) => VllmMonitorError> = {
   [ErrorCodes.NVML_NOT_FOUND]: NvmlNotFoundError,

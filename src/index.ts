@@ -2,12 +2,16 @@ export {
   AddonNotFoundError,
   type ErrorCode,
   ErrorCodes,
+  ForecastTimeoutError,
+  ForecastWorkerError,
   GpuLostError,
   GpuNotFoundError,
   IllegalTransitionError,
   InvalidArgumentError,
   InvalidEnvError,
   InvalidOptionError,
+  ModelLoadError,
+  ModelMismatchError,
   MonitorClosedError,
   NvidiaSmiError,
   NvmlDriverNotLoadedError,
@@ -26,6 +30,49 @@ export { type HttpSurface, type HttpSurfaceOptions, startHttpSurface } from './e
 export { EXPORT_FORMAT, EXPORT_VERSION, type MonitorExport, toExportJson } from './export/json.js'
 export { MetricNames, MonitorMetrics, type MonitorMetricsOptions } from './export/registry.js'
 export { writePrometheusTextfile } from './export/textfile.js'
+export { BASELINE_NAMES, type BaselineName, Baselines, predictLinear } from './forecast/baselines.js'
+export {
+  datasetFromRecords,
+  datasetFromScenario,
+  datasetFromTrace,
+  labelRows,
+  suiteDataset,
+  type TraceDataset,
+} from './forecast/dataset.js'
+export { type AlarmSource, formatScores, scoreDatasets, type TypeScore } from './forecast/evaluate.js'
+export {
+  FEATURE_COUNT,
+  FEATURE_NAMES,
+  FEATURE_SCHEMA_VERSION,
+  FeatureExtractor,
+  type ForecastTarget,
+} from './forecast/features.js'
+export { evaluateRuns, train } from './forecast/lazy.js'
+export {
+  loadModel,
+  loadModelArtifacts,
+  type ModelArtifacts,
+  type ModelMeta,
+  saveModel,
+} from './forecast/model-io.js'
+export {
+  type MitigationOutcome,
+  OnlineTrainer,
+  type OnlineTrainerOptions,
+  type RoundResult,
+} from './forecast/online.js'
+export { type FailureOnset, OnsetTracker } from './forecast/onsets.js'
+export { ForecastPool, type ForecastPoolOptions } from './forecast/pool.js'
+export {
+  DEFAULT_MODEL_DIR,
+  PredictiveDetector,
+  type PredictiveDetectorOptions,
+  type PredictiveStatus,
+} from './forecast/predictive.js'
+export type { Report } from './forecast/report.js'
+export { DEFAULT_SLO, FAILURE_TYPES, MODEL_OUTPUTS, SCORING, type SloOptions } from './forecast/spec.js'
+export { SUITE } from './forecast/suite.js'
+export type { TrainOptions, TrainProgress, TrainResult } from './forecast/train.js'
 export { addonAvailable, probeNvml } from './gpu/native.js'
 export {
   type NvidiaSmiOptions,
@@ -116,6 +163,7 @@ export type {
   EngineDerived,
   EngineReading,
   EngineSnapshot,
+  FailureType,
   FaultLabel,
   FaultType,
   GpuReading,
@@ -123,6 +171,7 @@ export type {
   MonitorEvent,
   MonitorPlugin,
   Prediction,
+  PredictionTarget,
   Strategy,
   TelemetryRecord,
   TelemetrySource,

@@ -4,7 +4,7 @@
  * Pure: a checkpoint and a status in, lines of text out.
  */
 import type { MonitorStatus } from '../monitor/status.js'
-import type { Checkpoint, LifecycleState, TimedEvent } from '../telemetry/types.js'
+import type { Checkpoint, LifecycleState, Prediction, TimedEvent } from '../telemetry/types.js'
 
 const ESC = '\u001b['
 const COLORS: Record<LifecycleState, string> = {
@@ -120,7 +120,13 @@ export function renderDemoView(cp: Checkpoint | null, status: MonitorStatus, o: 
     paint(c, '1', 'predictions  ') +
       (preds.length === 0
         ? paint(c, '2', status.predictiveEnabled ? 'none above threshold' : 'off')
-        : preds.map((p) => `${p.replica ?? '*'} ${p.fault} ${(p.probability * 100).toFixed(0)}%`).join('  ')),
+        : topPredictions(preds)
+            .map(
+              (p) =>
+                `${p.target.replica ?? '*'} ${p.failureType} ${(p.probability * 100).toFixed(0)}%` +
+                (p.timeToFailureS === null ? ` <${p.horizonS}s` : ` ~${p.timeToFailureS}s`),
+            )
+            .join('  ') || paint(c, '2', `all below 30% (${preds[0]?.model ?? ''})`)),
   )
   lines.push(
     paint(c, '1', 'actions      ') +
@@ -147,4 +153,18 @@ export function formatEvent(e: TimedEvent, color: boolean): string {
   const sev = e.severity === 'critical' ? '31' : e.severity === 'warning' ? '33' : '2'
   const where = e.replica ?? (e.gpu !== null ? `gpu${e.gpu}` : '-')
   return `${pad(`${(e.t / 1000).toFixed(1)}s`, 9)}${pad(where, 6)}${paint(color, sev, pad(e.type, 16))}${e.message}`
+}
+
+/** Per replica and failure type the longest-horizon prediction, the likeliest four at >= 30 %. */
+function topPredictions(preds: readonly Prediction[]): Prediction[] {
+  const best = new Map<string, Prediction>()
+  for (const p of preds) {
+    const key = `${p.target.replica}|${p.failureType}`
+    const prev = best.get(key)
+    if (prev === undefined || p.horizonS > prev.horizonS) best.set(key, p)
+  }
+  return [...best.values()]
+    .filter((p) => p.probability >= 0.3)
+    .sort((a, b) => b.probability - a.probability)
+    .slice(0, 4)
 }

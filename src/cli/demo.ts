@@ -9,7 +9,7 @@ import { createMonitor, type VLLMEngineMonitor } from '../monitor/monitor.js'
 import { SimFleet } from '../sim/fleet.js'
 import { scenario as namedScenario } from '../sim/scenarios.js'
 import { SimServer } from '../sim/server.js'
-import type { FaultLabel, Transition } from '../telemetry/types.js'
+import type { FaultLabel, TimedEvent, Transition } from '../telemetry/types.js'
 import { formatEvent, renderDemoView } from './demo-view.js'
 import { type LoadCliOptions, scenarioLoad } from './load.js'
 import { untilStopped } from './until-stopped.js'
@@ -67,7 +67,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     if (!tty && !o.json)
       out(`[${(tr.t / 1000).toFixed(1)}s] ${replica}: ${tr.from} -> ${tr.to}  (${tr.reason})`)
   })
+  const forecasts: TimedEvent[] = []
   m.on('event', (e) => {
+    if (e.type === 'prediction') forecasts.push(e)
     if (!tty && !o.json && e.type !== 'lifecycle') out(`  ${formatEvent(e, false)}`)
   })
   const render = () => {
@@ -100,6 +102,13 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     for (const l of labels.filter((x) => x.phase !== 'cleared')) {
       out(`  ${(l.t / 1000).toFixed(1).padStart(6)}s  ${l.replica}  ${l.fault} ${l.phase}: ${l.detail}`)
     }
+    const firstForecast = new Map<string, TimedEvent>()
+    for (const e of forecasts) {
+      const key = `${e.replica}|${String(e.data?.failureType)}`
+      if (!firstForecast.has(key)) firstForecast.set(key, e)
+    }
+    for (const e of firstForecast.values())
+      out(`  ${(e.t / 1000).toFixed(1).padStart(6)}s  ${e.replica}  monitor: ${e.message}`)
     for (const tr of transitions.filter((x) => x.to === 'DEGRADED' || x.to === 'ERROR')) {
       out(
         `  ${(tr.t / 1000).toFixed(1).padStart(6)}s  ${tr.replica}  monitor: ${tr.from} -> ${tr.to} (${tr.reason})`,

@@ -4,6 +4,7 @@ import { VllmMonitorError } from '../errors.js'
 import { openGpuSource } from '../gpu/source.js'
 import { SCENARIO_NAMES } from '../sim/scenarios.js'
 import { runDemo } from './demo.js'
+import { registerForecast } from './forecast.js'
 import { addLoadOptions, loadFromCli } from './load.js'
 import { registerPrestartupCheck } from './prestartup.js'
 import { runRecord } from './record.js'
@@ -72,6 +73,10 @@ const sim = program
   .option('--quiet', 'do not print log lines')
   .option('--duration <s>', 'stop after this many seconds (simulated with --fast)', positive('--duration'))
   .option('--trace <file>', 'with --fast: write the run as a trace (JSON Lines; .gz to compress)')
+  .option(
+    '--record <file>',
+    'write the run, labelled, as a trace at full speed (same as --fast --trace FILE)',
+  )
   .option('--fast', 'run in-process as fast as possible instead of serving')
   .option(
     '--dev-mode',
@@ -94,8 +99,8 @@ addLoadOptions(sim).action(async (o) => {
     logDir: o.logDir,
     quiet: o.quiet === true,
     durationSec: o.duration,
-    trace: o.trace,
-    fast: o.fast === true,
+    trace: o.record ?? o.trace,
+    fast: o.fast === true || o.record !== undefined,
   })
 })
 
@@ -174,6 +179,7 @@ program
   })
 
 registerPrestartupCheck(program)
+registerForecast(program)
 registerRun(program)
 registerWatch(program)
 program.parseAsync().catch((err: unknown) => {

@@ -27,17 +27,20 @@ export function addLoadOptions(cmd: Command): Command {
       '--trace-csv <file>',
       'arrivals from a CSV in the Azure LLM trace format instead of the bundled one',
     )
+    .option('--arrivals <csv>', 'same as --trace-csv')
 }
 
 export function loadFromCli(o: {
   rate?: number
   load?: 'trace' | 'poisson'
   traceCsv?: string
+  arrivals?: string
 }): LoadCliOptions {
+  const csv = o.arrivals ?? o.traceCsv
   return {
     ...(o.rate === undefined ? {} : { rate: o.rate }),
     ...(o.load === undefined ? {} : { load: o.load }),
-    ...(o.traceCsv === undefined ? {} : { traceCsv: o.traceCsv }),
+    ...(csv === undefined ? {} : { traceCsv: csv }),
   }
 }
 

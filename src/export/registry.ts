@@ -312,7 +312,7 @@ export class MonitorMetrics {
     const max = this.#max
     max.clear()
     for (const p of checkpoint.predictions) {
-      const key = (p.replica ?? '') + kSep + p.fault
+      const key = (p.target.replica ?? '') + kSep + p.failureType
       const prev = max.get(key)
       if (prev === undefined || p.probability > prev) max.set(key, p.probability)
     }

@@ -10,10 +10,12 @@ import { startHttpSurface } from '../export/http.js'
 import { toExportJson } from '../export/json.js'
 import { MonitorMetrics } from '../export/registry.js'
 import { writePrometheusTextfile } from '../export/textfile.js'
+import { PredictiveDetector } from '../forecast/predictive.js'
 import { GpuReadingSource } from '../gpu/reading-source.js'
 import { SimGpuSource } from '../sim/gpu-source.js'
 import type {
   Checkpoint,
+  Prediction,
   TelemetryRecord,
   TelemetrySource,
   TimedEvent,
@@ -47,6 +49,14 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
   readonly ready: Promise<void>
   /** The HTTP surface's base URL, once listening. */
   url: string | null = null
+  /**
+   * The forecaster (null when `predictive` is off or monitoring disabled). Its predictions are
+   * attached to the checkpoints that follow each forecast tick.
+   */
+  readonly predictiveDetector: PredictiveDetector | null = null
+  private forecastInFlight = false
+  private alarming = new Set<string>()
+  private lastForecastT = Number.NEGATIVE_INFINITY
   private readonly now: () => number
   private readonly startWall = performance.now()
   private readonly sources: TelemetrySource[] = []
@@ -194,6 +204,19 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         )
       }
     }
+    if (o.predictive) {
+      const f = o.forecast
+      this.predictiveDetector = new PredictiveDetector(this.core.store, {
+        ...(f.model === undefined ? {} : { model: f.model }),
+        threads: f.threads,
+        taskTimeoutMs: f.taskTimeoutMs,
+        backend: f.backend,
+        fallback: f.fallback,
+        ...(f.slo === undefined ? {} : { slo: f.slo }),
+        learning: o.learning ? { intervalMs: f.retrainIntervalMs, minSamples: f.retrainMinSamples } : false,
+        onError: (code, message) => this.reportError(code, message),
+      })
+    }
     this.sources.push(this.logs, ...o.sources)
     const push = (record: TelemetryRecord) => this.push(record)
     for (const s of this.sources) {
@@ -327,6 +350,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       }
     }
     await this.ready
+    await this.predictiveDetector?.close()
     await this.http?.close()
     try {
       await this.writer?.close()
@@ -349,13 +373,74 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         cp = this.core.tick(next)
         next += step
       }
-      if (cp !== null) this.safeEmit('checkpoint', cp)
+      if (cp !== null) {
+        this.safeEmit('checkpoint', cp)
+        this.forecast(cp)
+      }
     } catch (err) {
       this.reportError(
         'VLLM_MONITOR_TICK_FAILED',
         `checkpoint failed: ${(err as Error).stack ?? String(err)}`,
       )
     }
+  }
+
+  /**
+   * Starts a forecast tick when one is due and none is running: the predictions land on the
+   * core when the workers answer, and ride on every checkpoint after that. A tick that is still
+   * running when the next is due is not queued behind: that tick is skipped.
+   */
+  private forecast(cp: Checkpoint): void {
+    const d = this.predictiveDetector
+    if (d === null || this.forecastInFlight || cp.t - this.lastForecastT < this.options.forecast.intervalMs)
+      return
+    this.forecastInFlight = true
+    this.lastForecastT = cp.t
+    d.analyzeCheckpoint(cp)
+      .then((preds) => {
+        if (this.closed) return
+        this.core.predictions = preds
+        this.announce(d.alarms(preds))
+      })
+      .catch((err: unknown) =>
+        this.reportError('VLLM_MONITOR_FORECAST_FAILED', `forecast failed: ${(err as Error).message}`),
+      )
+      .finally(() => {
+        this.forecastInFlight = false
+      })
+  }
+
+  /**
+   * A `prediction` event when an alarm starts (per replica and failure type); it can start again
+   * once it has been quiet for a whole forecast tick.
+   */
+  private announce(alarms: Prediction[]): void {
+    const now = new Set<string>()
+    for (const p of alarms) {
+      const key = `${p.target.replica ?? '*'}|${p.failureType}`
+      now.add(key)
+      if (this.alarming.has(key)) continue
+      const ttf = p.timeToFailureS === null ? '' : `, failure in ~${p.timeToFailureS} s`
+      this.push({
+        t: this.now(),
+        kind: 'event',
+        type: 'prediction',
+        severity: 'warning',
+        replica: p.target.replica,
+        gpu: p.target.gpu,
+        message:
+          `${p.failureType} predicted within ${p.horizonS} s (p ${p.probability.toFixed(2)}${ttf}; ${p.model})` +
+          (p.evidence.length > 0 ? `: ${p.evidence.join('; ')}` : ''),
+        data: {
+          failureType: p.failureType,
+          probability: p.probability,
+          timeToFailureS: p.timeToFailureS,
+          horizonS: p.horizonS,
+          model: p.model,
+        },
+      })
+    }
+    this.alarming = now
   }
 
   private async startHttp(): Promise<void> {

@@ -93,6 +93,42 @@ export const monitorOptionsSchema = z
     /** The HTTP surface (`/metrics`, `/api/status`, `/api/export`); false turns it off. */
     http: httpSchema.default({ host: '127.0.0.1', port: 9490 }),
     predictive: z.boolean().default(true),
+    /** The forecaster (used when `predictive`). */
+    forecast: z
+      .object({
+        /** A model directory (default: the one shipped in models/forecaster); null: baselines only. */
+        model: z.string().min(1).nullable().optional(),
+        /** How often to forecast, ms. */
+        intervalMs: z.number().int().min(100).default(1000),
+        /** Forecast worker threads. */
+        threads: z.number().int().min(1).max(16).default(1),
+        /** A forecast task running longer is abandoned (its worker replaced); the baselines answer. */
+        taskTimeoutMs: z.number().int().min(10).default(1000),
+        backend: z.enum(['auto', 'wasm', 'cpu']).default('auto'),
+        /** The baseline that answers while the model cannot. */
+        fallback: z.enum(['predict_linear', 'threshold']).default('threshold'),
+        slo: z
+          .object({
+            ttftP99Ms: z.number().positive(),
+            itlP99Ms: z.number().positive(),
+            queueS: z.number().positive(),
+          })
+          .strict()
+          .optional(),
+        /** Online retraining schedule (with `learning`). */
+        retrainIntervalMs: z.number().int().min(1000).default(600_000),
+        retrainMinSamples: z.number().int().min(16).default(256),
+      })
+      .strict()
+      .default({
+        intervalMs: 1000,
+        threads: 1,
+        taskTimeoutMs: 1000,
+        backend: 'auto',
+        fallback: 'threshold',
+        retrainIntervalMs: 600_000,
+        retrainMinSamples: 256,
+      }),
     learning: z.boolean().default(false),
     autoMitigate: z.boolean().default(false),
     mitigationThreshold: z.number().min(0).max(1).default(0.8),
@@ -138,6 +174,7 @@ export const ENV_VARS = {
   VLLM_MONITOR_HTTP_HOST: 'host name or address',
   VLLM_MONITOR_HTTP_PORT: 'integer 0-65535, or "off"',
   VLLM_MONITOR_RECORD: 'path of a trace file to write',
+  VLLM_MONITOR_MODEL: 'a forecaster model directory, or "none" for the baselines only',
 } as const
 
 function envBool(env: NodeJS.ProcessEnv, name: string): boolean | undefined {
@@ -235,6 +272,9 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): MonitorOpt
   }
   const record = env.VLLM_MONITOR_RECORD
   if (record !== undefined && record.trim() !== '') out.record = record.trim()
+  const model = env.VLLM_MONITOR_MODEL
+  if (model !== undefined && model.trim() !== '')
+    out.forecast = { model: model.trim().toLowerCase() === 'none' ? null : model.trim() }
   return out as MonitorOptions
 }
 
@@ -248,7 +288,12 @@ export function resolveOptions(
       `options must be an object (got ${options === null ? 'null' : typeof options})`,
     )
   }
-  const merged = { ...optionsFromEnv(env), ...stripUndefined(options as Record<string, unknown>) }
+  const fromEnv = optionsFromEnv(env) as Record<string, unknown>
+  const given = stripUndefined(options as Record<string, unknown>)
+  const merged = { ...fromEnv, ...given }
+  // The model may come from the environment and the rest of `forecast` from the code.
+  if (isObject(fromEnv.forecast) && isObject(given.forecast))
+    merged.forecast = { ...fromEnv.forecast, ...given.forecast }
   const r = monitorOptionsSchema.safeParse(merged)
   if (r.success) return r.data
   const issue = r.error.issues[0]
@@ -266,4 +311,8 @@ function stripUndefined(o: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {}
   for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v
   return out
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }

@@ -36,6 +36,11 @@ export const faultSpecSchema = z.discriminatedUnion('fault', [
     ...base,
     /** Extra arrivals per second on top of the base load, all on this replica. */
     surgeRatePerSec: z.number().positive().default(12),
+    /**
+     * The surge rate climbs linearly from 0 to `surgeRatePerSec` over this long (0: a step).
+     * Organic growth (a launch, a batch job fanning out, the diurnal climb) ramps; a retry storm steps.
+     */
+    rampMs: z.number().nonnegative().default(0),
     durationMs: z.number().positive().default(120_000),
     promptTokens: z.number().int().positive().default(3000),
     outputTokens: z.number().int().positive().default(1500),

@@ -438,14 +438,17 @@ export class SimReplica {
         const spec = f.spec
         const end = spec.atMs + spec.durationMs
         while (f.nextArrivalMs >= 0 && f.nextArrivalMs <= t && f.nextArrivalMs < end) {
-          e.advanceTo(f.nextArrivalMs)
+          const at = f.nextArrivalMs
+          f.nextArrivalMs += this.rng.exponential(spec.surgeRatePerSec) * 1e3
+          // A ramp thins the full-rate stream: an arrival is kept with probability rate(t)/max.
+          if (spec.rampMs > 0 && this.rng.next() * spec.rampMs > at - spec.atMs) continue
+          e.advanceTo(at)
           this.submit(
             Math.round(spec.promptTokens * (0.5 + this.rng.next())),
             Math.round(spec.outputTokens * (0.5 + this.rng.next())),
             spec.outputTokens * 2,
             null,
           )
-          f.nextArrivalMs += this.rng.exponential(spec.surgeRatePerSec) * 1e3
         }
       }
       e.advanceTo(t)

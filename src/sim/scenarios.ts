@@ -73,7 +73,13 @@ const RECIPES: Record<string, Recipe> = {
     faults: [],
   },
   'kv-exhaustion': {
-    description: 'a surge of long generations on r0 fills its KV cache: preemption storm, queue grows',
+    description:
+      'demand for long generations on r0 climbs over two minutes until its KV cache fills: preemption storm, queue grows',
+    durationMs: 300_000,
+    faults: [{ fault: 'kv-exhaustion', atMs: WARM_MS, replica: 'r0', rampMs: 150_000, durationMs: 180_000 }],
+  },
+  'kv-surge': {
+    description: 'a step surge of long generations on r0 fills its KV cache within seconds: preemption storm',
     durationMs: 240_000,
     faults: [{ fault: 'kv-exhaustion', atMs: WARM_MS, replica: 'r0' }],
   },
@@ -126,13 +132,13 @@ const RECIPES: Record<string, Recipe> = {
   },
   demo: {
     description:
-      "two replicas: a surge exhausts r0's KV cache; a co-tenant leak on r1's GPU ends in CUDA OOM",
+      "two replicas: demand on r0 climbs until its KV cache is exhausted; a co-tenant leak on r1's GPU ends in CUDA OOM",
     durationMs: 240_000,
     replicas: 2,
     ratePerReplica: 3,
     faults: [
-      { fault: 'kv-exhaustion', atMs: 30_000, replica: 'r0', durationMs: 60_000 },
-      { fault: 'gpu-oom-cotenant', atMs: 60_000, replica: 'r1', bytesPerSec: 96 * 1024 ** 2 },
+      { fault: 'kv-exhaustion', atMs: 60_000, replica: 'r0', durationMs: 120_000, rampMs: 120_000 },
+      { fault: 'gpu-oom-cotenant', atMs: 70_000, replica: 'r1', bytesPerSec: 96 * 1024 ** 2 },
     ],
   },
 }

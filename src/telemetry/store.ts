@@ -43,11 +43,15 @@ export const ENGINE_SIGNALS = [
   'generationTokensPerSec',
   'stepsPerSec',
   'errorsPerSec',
+  'requestsFinishedPerSec',
   'ttftMeanMs',
   'itlMeanMs',
   'e2eMeanMs',
   'queueTimeMeanMs',
   'stalledForMs',
+  'ttftP99Ms',
+  'itlP99Ms',
+  'queueTimeP99Ms',
 ] as const
 export type EngineSignal = (typeof ENGINE_SIGNALS)[number]
 
@@ -58,8 +62,20 @@ export const GPU_SIGNALS = [
   'powerWatts',
   'temperatureCelsius',
   'smClockMhz',
+  'memoryTotalBytes',
+  'powerLimitWatts',
+  /** 1 while a thermal slowdown reason (SW 0x20, HW 0x40, HW thermal 0x8... see THERMAL_REASONS_MASK) is set, else 0. */
+  'thermalThrottle',
+  'eccCorrectedVolatile',
+  'eccUncorrectedVolatile',
 ] as const
 export type GpuSignal = (typeof GPU_SIGNALS)[number]
+
+/**
+ * nvmlClocksEventReasons bits that mean heat: SW thermal slowdown (0x20), HW thermal slowdown
+ * (0x40) and HW slowdown (0x8, raised for thermal and power-brake reasons alike).
+ */
+export const THERMAL_REASONS_MASK = 0x20 | 0x40 | 0x8
 
 const kMaxCapacity = 1 << 24
 
@@ -230,7 +246,7 @@ export class Series {
 
 // Counter baseline layout: the previous reading's totals (NaN = unknown). The first five are
 // plain counters turned into rates; then (sum, count) pairs of the four latency histograms.
-const kRateCounters = 5
+const kRateCounters = 6
 const kHistograms = 4
 const kCounters = kRateCounters + 2 * kHistograms
 const C_GEN = 2
@@ -244,6 +260,7 @@ const V_WAITING = 2
 const V_RATES = 3
 const V_MEANS = V_RATES + kRateCounters
 const V_STALLED = V_MEANS + kHistograms
+const V_P99 = V_STALLED + 1
 const kValues = ENGINE_SIGNALS.length
 
 const T_LAST = 0
@@ -289,6 +306,7 @@ export function nullDerived(): EngineDerived {
     generationTokensPerSec: null,
     stepsPerSec: null,
     errorsPerSec: null,
+    requestsFinishedPerSec: null,
     ttftMeanMs: null,
     itlMeanMs: null,
     e2eMeanMs: null,
@@ -430,17 +448,22 @@ export class TelemetryStore {
       cur[2] = reading.generationTokensTotal ?? Number.NaN
       cur[3] = reading.stepsTotal ?? Number.NaN
       cur[4] = reading.requestsErroredTotal ?? Number.NaN
-      cur[5] = reading.ttftSecondsSum ?? Number.NaN
-      cur[6] = reading.ttftCount ?? Number.NaN
-      cur[7] = reading.itlSecondsSum ?? Number.NaN
-      cur[8] = reading.itlCount ?? Number.NaN
-      cur[9] = reading.e2eSecondsSum ?? Number.NaN
-      cur[10] = reading.e2eCount ?? Number.NaN
-      cur[11] = reading.queueTimeSecondsSum ?? Number.NaN
-      cur[12] = reading.queueTimeCount ?? Number.NaN
+      cur[5] = reading.requestsFinishedTotal ?? Number.NaN
+      cur[6] = reading.ttftSecondsSum ?? Number.NaN
+      cur[7] = reading.ttftCount ?? Number.NaN
+      cur[8] = reading.itlSecondsSum ?? Number.NaN
+      cur[9] = reading.itlCount ?? Number.NaN
+      cur[10] = reading.e2eSecondsSum ?? Number.NaN
+      cur[11] = reading.e2eCount ?? Number.NaN
+      cur[12] = reading.queueTimeSecondsSum ?? Number.NaN
+      cur[13] = reading.queueTimeCount ?? Number.NaN
       vals[V_KV] = reading.kvCacheUsage ?? Number.NaN
       vals[V_RUNNING] = reading.requestsRunning ?? Number.NaN
       vals[V_WAITING] = reading.requestsWaiting ?? Number.NaN
+      // Traces written before the quantile fields existed lack them: undefined reads as null.
+      vals[V_P99] = reading.ttftP99Ms ?? Number.NaN
+      vals[V_P99 + 1] = reading.itlP99Ms ?? Number.NaN
+      vals[V_P99 + 2] = reading.queueTimeP99Ms ?? Number.NaN
       // Written in place rather than through helpers returning numbers: a double returned
       // from a call that is not inlined is boxed, and this runs for every reading.
       for (let i = 0; i < kRateCounters; i++) {
@@ -502,6 +525,7 @@ export class TelemetryStore {
     d.generationTokensPerSec = orNull(v[V_RATES + 2]!)
     d.stepsPerSec = orNull(v[V_RATES + 3]!)
     d.errorsPerSec = orNull(v[V_RATES + 4]!)
+    d.requestsFinishedPerSec = orNull(v[V_RATES + 5]!)
     d.ttftMeanMs = orNull(v[V_MEANS]!)
     d.itlMeanMs = orNull(v[V_MEANS + 1]!)
     d.e2eMeanMs = orNull(v[V_MEANS + 2]!)
@@ -527,6 +551,17 @@ export class TelemetryStore {
       vals[2] = reading.powerWatts ?? Number.NaN
       vals[3] = reading.temperatureCelsius ?? Number.NaN
       vals[4] = reading.smClockMhz ?? Number.NaN
+      vals[5] = reading.memoryTotalBytes ?? Number.NaN
+      vals[6] = reading.powerLimitWatts ?? Number.NaN
+      const reasons = reading.clockEventReasons
+      vals[7] =
+        reasons === null || reasons === undefined
+          ? Number.NaN
+          : (reasons & THERMAL_REASONS_MASK) !== 0
+            ? 1
+            : 0
+      vals[8] = reading.eccCorrectedVolatile ?? Number.NaN
+      vals[9] = reading.eccUncorrectedVolatile ?? Number.NaN
     }
     const series = st.series
     const io = st.io

@@ -161,6 +161,8 @@ export interface EngineDerived {
   generationTokensPerSec: number | null
   stepsPerSec: number | null
   errorsPerSec: number | null
+  /** Requests finished (any reason) per second: how fast the engine drains its queue. */
+  requestsFinishedPerSec: number | null
   /** Mean over the last scrape interval (Δsum/Δcount); null without new observations. */
   ttftMeanMs: number | null
   itlMeanMs: number | null
@@ -194,16 +196,37 @@ export interface TimedEvent extends MonitorEvent {
   t: number
 }
 
-/** A forecast from the predictive layer (filled in by the forecasting issue). */
-export interface Prediction {
+/**
+ * What the forecaster predicts. Load-driven failures (KV exhaustion, OOM, SLO, thermal, queue) are
+ * predicted ahead; hardware and network failures mostly have no precursor and are detected fast.
+ */
+export type FailureType =
+  | 'kv-exhaustion'
+  | 'oom'
+  | 'slo-violation'
+  | 'thermal-throttle'
+  | 'queue-overflow'
+  | 'hardware-failure'
+  | 'network-failure'
+
+/** What a prediction is about: a replica, and the GPU of it most at risk when one is. */
+export interface PredictionTarget {
   replica: string | null
   gpu: number | null
-  /** What is predicted to fail. */
-  fault: FaultType | string
-  /** 0-1. */
+}
+
+/** A forecast from the predictive layer. */
+export interface Prediction {
+  failureType: FailureType
+  /** 0-1: probability that the failure happens (or is under way) within `horizonS`. */
   probability: number
-  /** Expected time to failure, ms, or null when the model gives none. */
-  etaMs: number | null
+  /** Expected seconds until the failure, null when the predictor gives none (or expects none). */
+  timeToFailureS: number | null
+  horizonS: number
+  target: PredictionTarget
+  /** Why, in words: the readings that drove the probability ("kv 0.91 rising 0.8 %/s"). */
+  evidence: string[]
+  /** Which predictor: a model name with its version, `predict_linear` or `threshold`. */
   model: string
 }
 

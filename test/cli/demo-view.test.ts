@@ -33,7 +33,7 @@ function checkpointOf(scenarioName: string, durationMs: number) {
 
 describe('the demo view', () => {
   it('shows each replica with its state and reason, its GPU, and the newest events', () => {
-    const { cp, status } = checkpointOf('kv-exhaustion', 70_000)
+    const { cp, status } = checkpointOf('kv-surge', 70_000)
     const text = renderDemoView(cp, status, {
       color: false,
       title: 'demo',

@@ -9,6 +9,7 @@ import type {
   EngineReading,
   EngineSnapshot,
   GpuReading,
+  Prediction,
   TimedEvent,
 } from '../../src/telemetry/types.js'
 import { engineReading } from '../helpers/records.js'
@@ -38,6 +39,23 @@ function reading(replica: string, over: Partial<EngineReading>): EngineReading {
   })
 }
 
+function pred(
+  failureType: Prediction['failureType'],
+  probability: number,
+  ttf: number | null,
+  model: string,
+): Prediction {
+  return {
+    failureType,
+    probability,
+    timeToFailureS: ttf,
+    horizonS: 120,
+    target: { replica: 'r1', gpu: 1 },
+    evidence: [],
+    model,
+  }
+}
+
 function derived(over: Partial<EngineDerived>): EngineDerived {
   return {
     preemptionsPerSec: 0,
@@ -45,6 +63,7 @@ function derived(over: Partial<EngineDerived>): EngineDerived {
     generationTokensPerSec: 1_410,
     stepsPerSec: 118,
     errorsPerSec: 0,
+    requestsFinishedPerSec: 11,
     ttftMeanMs: 71,
     itlMeanMs: 11.3,
     e2eMeanMs: 4_480,
@@ -166,9 +185,9 @@ export function makeCheckpoint(over: Partial<Checkpoint> = {}): Checkpoint {
     events: makeEvents(),
     errors: [{ t: T - 35_000, code: 'KV_PRESSURE', message: 'r1: 3.5 preemptions/s' }],
     predictions: [
-      { replica: 'r1', gpu: 1, fault: 'kv-exhaustion', probability: 0.82, etaMs: 45_000, model: 'gbdt-v1' },
-      { replica: 'r1', gpu: 1, fault: 'kv-exhaustion', probability: 0.61, etaMs: 60_000, model: 'trend' },
-      { replica: 'r1', gpu: 1, fault: 'thermal-throttle', probability: 0.35, etaMs: null, model: 'gbdt-v1' },
+      pred('kv-exhaustion', 0.82, 45, 'forecaster-v1'),
+      pred('kv-exhaustion', 0.61, 60, 'predict_linear'),
+      pred('thermal-throttle', 0.35, null, 'forecaster-v1'),
     ],
     ...over,
   }

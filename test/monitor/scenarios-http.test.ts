@@ -226,7 +226,7 @@ describe('fault scenarios over HTTP, watched as the demo watches them', () => {
   it('kv-exhaustion: r0 DEGRADED for KV, never ERROR, recovers after the surge; r1 unaffected', async () => {
     // A 15 s surge (instead of 120 s); round-robin so r1 keeps only its own share of the base load
     // (a least-loaded router hands r1 all of it, and its queue then grows on the trace's bursts).
-    const h = await run('kv-exhaustion', {
+    const h = await run('kv-surge', {
       speed: 100,
       params: { durationMs: 15_000 },
       fleet: { router: 'round-robin' },

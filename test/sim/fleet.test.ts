@@ -122,7 +122,7 @@ describe('SimFleet', () => {
       return out
     }
     const options = (seed: number) =>
-      scenario('kv-exhaustion', { seed, load: 'poisson', ratePerReplica: 8 }).fleet
+      scenario('kv-surge', { seed, load: 'poisson', ratePerReplica: 8 }).fleet
 
     it('gives identical engine and GPU readings at the same instants for the same seed', () => {
       const a = sample(options(7))
@@ -225,7 +225,7 @@ describe('SimFleet', () => {
   describe('faults in their named scenarios', () => {
     /** When the failure label may come, ms after injection: [earliest, latest]. */
     const FAILURE_WINDOW: Record<FaultType, [number, number]> = {
-      'kv-exhaustion': [1_000, 60_000],
+      'kv-exhaustion': [1_000, 90_000],
       'gpu-oom-spike': [1_000, 20_000],
       'gpu-oom-cotenant': [10_000, 150_000],
       'memory-leak': [60_000, 350_000],

@@ -1,0 +1,104 @@
+// Forecast tick cost on the main thread, for 4 replicas on 8 GPUs (tensor parallel 2).
+// A simulated fleet fills a monitor core's telemetry store (2 minutes of 10 Hz readings); then the
+// PredictiveDetector with the shipped model forecasts at 10 Hz for `--seconds`, and the same 10 Hz
+// timer runs for as long with forecasting off, in the same process, in alternating halves. Reported:
+// - tick latency: from the main thread's request (features read from the store, batched, sent)
+//   to the predictions back, p50/p99 (target: p99 <= 2 ms);
+// - event-loop delay (perf_hooks.monitorEventLoopDelay, 1 ms resolution) p99 with forecasting on
+//   and off, and the difference (target: < 0.5 ms).
+//   node bench/forecast-speed.mjs [--seconds 20] [--json]
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { MonitorCore, PredictiveDetector, runSimulation, scenario } from '../dist/index.js'
+
+const args = process.argv.slice(2)
+const opt = (name, fallback) => {
+  const i = args.indexOf(name)
+  return i >= 0 ? Number(args[i + 1]) : fallback
+}
+const seconds = opt('--seconds', 20)
+const json = args.includes('--json')
+
+const sc = scenario('steady', { replicas: 4, seed: 5, ratePerReplica: 6 })
+sc.fleet.tensorParallelSize = 2
+const records = []
+runSimulation({ scenario: sc, durationMs: 150_000, onRecord: (r) => records.push(r) })
+records.sort((a, b) => a.t - b.t)
+const core = new MonitorCore()
+let next = 0
+let cp = null
+for (const r of records) {
+  while (next < r.t) {
+    cp = core.tick(next)
+    next += 100
+  }
+  core.push(r)
+}
+cp = core.tick(next)
+const gpus = cp.gpus.length
+const serving = cp.engines.filter(
+  (e) => e.lifecycleState === 'SERVING' || e.lifecycleState === 'DEGRADED',
+).length
+
+const detector = new PredictiveDetector(core.store, { onError: (code, m) => console.error(`${code}: ${m}`) })
+await detector.ready
+// Warm-up: start the worker, load the model, JIT the paths.
+for (let i = 0; i < 50; i++) await detector.analyzeCheckpoint(cp)
+if (detector.modelName === null) {
+  console.error(`no model answering (${detector.status().reason}); run npm run build and npm run train`)
+  process.exit(1)
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+
+async function phase(on, ticks, lat) {
+  const h = monitorEventLoopDelay({ resolution: 1 })
+  h.enable()
+  for (let i = 0; i < ticks; i++) {
+    const t0 = performance.now()
+    if (on) {
+      await detector.analyzeCheckpoint(cp)
+      lat.push(performance.now() - t0)
+    }
+    await sleep(Math.max(0, 100 - (performance.now() - t0)))
+  }
+  h.disable()
+  return h
+}
+
+const lat = []
+const delays = { on: [], off: [] }
+const halves = 4
+const perHalf = Math.max(10, Math.round((seconds * 10) / halves))
+for (let k = 0; k < halves; k++) {
+  const on = k % 2 === 1
+  const h = await phase(on, perHalf, lat)
+  delays[on ? 'on' : 'off'].push(h.percentile(99) / 1e6)
+}
+lat.sort((a, b) => a - b)
+const mean = (v) => v.reduce((a, b) => a + b, 0) / v.length
+const result = {
+  replicas: serving,
+  gpus,
+  ticks: lat.length,
+  model: detector.modelName,
+  tickP50Ms: pct(lat, 50),
+  tickP99Ms: pct(lat, 99),
+  eventLoopDelayP99OffMs: mean(delays.off),
+  eventLoopDelayP99OnMs: mean(delays.on),
+}
+result.eventLoopDelayP99AddedMs = result.eventLoopDelayP99OnMs - result.eventLoopDelayP99OffMs
+await detector.close()
+if (json) console.log(JSON.stringify(result))
+else {
+  console.log(
+    `forecast tick, ${serving} replicas on ${gpus} GPUs, ${result.model}, ${result.ticks} ticks at 10 Hz:`,
+  )
+  console.log(
+    `  request -> predictions   p50 ${result.tickP50Ms.toFixed(3)} ms   p99 ${result.tickP99Ms.toFixed(3)} ms  (target p99 <= 2 ms)`,
+  )
+  console.log(
+    `  event-loop delay p99     off ${result.eventLoopDelayP99OffMs.toFixed(3)} ms   on ${result.eventLoopDelayP99OnMs.toFixed(3)} ms` +
+      `   added ${result.eventLoopDelayP99AddedMs.toFixed(3)} ms  (target < 0.5 ms)`,
+  )
+}

@@ -1,0 +1,403 @@
+/**
+ * ForecastPool: the forecasting model in piscina worker threads, so that tfjs never runs on the
+ * thread that samples GPUs and scrapes vLLM.
+ *
+ * One fixed-size pool (minThreads = maxThreads = `threads`); each worker initialises its backend
+ * once and caches one model by version (worker.ts). The artifacts stay here: a worker that lacks
+ * the current version answers 'need-model' and gets the task again with them, so a swap costs one
+ * extra round trip per worker and the weights cross threads once per worker per version.
+ *
+ * Failure handling (forecasting.md §5): a task past its deadline is aborted, which makes piscina
+ * terminate its worker and start another; a worker that exits or throws rejects its task; a worker
+ * that fails to load emits 'error' on the pool, which would crash the process with no listener.
+ * Every such case rejects the predict with a typed error, marks the pool unhealthy until the next
+ * success, and never throws into the caller's thread.
+ */
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Piscina } from 'piscina'
+import {
+  ForecastTimeoutError,
+  ForecastWorkerError,
+  InvalidArgumentError,
+  InvalidOptionError,
+} from '../errors.js'
+import { FEATURE_COUNT } from './features.js'
+import type { ModelArtifacts } from './model.js'
+import type { ForecastReply, ForecastTask, ForecastWorkerData, NeedModel } from './worker.js'
+
+export type ForecastBackend = 'auto' | 'wasm' | 'cpu'
+
+export interface ForecastPoolOptions {
+  /** The model the workers run until `setModel`. */
+  model: ModelArtifacts
+  /** Worker threads, each with its own backend and model copy. Default 1. */
+  threads?: number
+  /**
+   * piscina's idleTimeout: how long a worker above minThreads may idle before it ends. This pool
+   * runs minThreads = maxThreads = `threads`, so none ends today; the default (60,000) guards the
+   * day that changes, since piscina's own (0) would re-initialise tfjs and the model per task.
+   */
+  idleTimeoutMs?: number
+  /** Deadline of one predict, queueing and a model (re)load included. Default 1,000. */
+  taskTimeoutMs?: number
+  /** tfjs backend in the workers (model.ts initBackend). Default 'auto'. */
+  backend?: ForecastBackend
+  /** Worker module; default the compiled worker.js (resolveWorkerFile). Tests use fixtures. */
+  workerFilename?: string | URL
+  resourceLimits?: { maxOldGenerationSizeMb?: number }
+  /** Failures no predict is waiting on: a worker that fails to start, a pool-level error. */
+  onError?: (err: Error) => void
+}
+
+export interface ForecastPoolStats {
+  /** Predicts sent to a worker. */
+  tasks: number
+  /** Predicts rejected with ForecastWorkerError (crash, throw, garbage), closing excluded. */
+  failures: number
+  /** Predicts rejected with ForecastTimeoutError. */
+  timeouts: number
+  /** Workers ended by a crash, a load failure or a timeout (piscina starts a replacement). */
+  restarts: number
+}
+
+const kDefaultOptions = { threads: 1, idleTimeoutMs: 60_000, taskTimeoutMs: 1_000, backend: 'auto' } as const
+const kBackends: readonly string[] = ['auto', 'wasm', 'cpu']
+const kPing: ForecastTask = { kind: 'ping' }
+/** Bound on the warm-up ping: a cold worker imports tfjs and starts its backend (≈0.1–1 s). */
+const kStartupTimeoutMs = 30_000
+
+/**
+ * The path of a compiled worker module. Vitest runs the .ts sources, next to which no `.js`
+ * exists, so after `./<name>` beside this module comes `<package root>/dist/forecast/<name>`.
+ */
+export function resolveWorkerFile(name: string): string {
+  const candidates = [
+    fileURLToPath(new URL(`./${name}`, import.meta.url)),
+    fileURLToPath(new URL(`../../dist/forecast/${name}`, import.meta.url)),
+  ]
+  for (const file of candidates) if (existsSync(file)) return file
+  throw new ForecastWorkerError(
+    `forecast worker ${name} not found (looked for ${candidates.join(' and ')}); run \`npm run build\``,
+  )
+}
+
+export class ForecastPool {
+  #piscina: Piscina<ForecastTask, ForecastReply>
+  #artifacts: ModelArtifacts
+  #version = 1
+  #timeoutMs: number
+  #onError: ((err: Error) => void) | undefined
+  #healthy = true
+  /** Set by a worker that failed to start; a predict that then times out reports it as the cause. */
+  #startError: Error | null = null
+  /** Pending warm-up pings (never rejects); null once they are answered. */
+  #warming: Promise<void> | null = null
+  #closing: Promise<void> | null = null
+  #stats: ForecastPoolStats = { tasks: 0, failures: 0, timeouts: 0, restarts: 0 }
+
+  constructor(options: ForecastPoolOptions) {
+    const o = validateOptions(options)
+    this.#artifacts = o.model
+    this.#timeoutMs = o.taskTimeoutMs
+    this.#onError = o.onError
+    const workerData: ForecastWorkerData = { backend: o.backend }
+    this.#piscina = new Piscina({
+      filename: o.filename,
+      minThreads: o.threads,
+      maxThreads: o.threads,
+      idleTimeout: o.idleTimeoutMs,
+      workerData,
+      recordTiming: false,
+      // In-flight predicts end by their deadline; the bound only matters for a stuck warm-up ping.
+      closeTimeout: o.taskTimeoutMs + 1_000,
+      ...(o.resourceLimits === undefined ? {} : { resourceLimits: o.resourceLimits }),
+    })
+    // Without a listener a worker that fails to load crashes the process (forecasting.md §5).
+    this.#piscina.on('error', (err: Error) => this.#onPoolError(err))
+    this.#piscina.on('workerDestroy', () => this.#onWorkerDestroy())
+    this.#warmUp(o.threads)
+  }
+
+  /** Increases by one with each `setModel`; the constructor's model is version 1. */
+  get modelVersion(): number {
+    return this.#version
+  }
+
+  /** False after a failed or timed-out predict or a worker that failed to start, until a success. */
+  get healthy(): boolean {
+    return this.#healthy && this.#closing === null
+  }
+
+  get stats(): ForecastPoolStats {
+    return { ...this.#stats }
+  }
+
+  /**
+   * Swaps the model: predicts from now on use it; those already started finish on the old one.
+   * Each worker loads it on its first task of the new version.
+   */
+  setModel(artifacts: ModelArtifacts): void {
+    const bad = checkArtifacts(artifacts)
+    if (bad !== null) throw new InvalidArgumentError(`artifacts ${bad}`)
+    this.#artifacts = artifacts
+    this.#version++
+  }
+
+  /**
+   * Runs the model on `rows` rows of FEATURE_COUNT raw features; resolves to rows × outputs
+   * probabilities (row-major, in meta.outputs order). When `features` spans its whole ArrayBuffer,
+   * that buffer is transferred to the worker and detached here: pass `features.slice()` to keep it.
+   * Rejects with InvalidArgumentError, ForecastTimeoutError or ForecastWorkerError; never throws.
+   */
+  async predict(features: Float32Array, rows: number): Promise<Float32Array> {
+    if (this.#closing !== null) throw new ForecastWorkerError('forecast pool closed')
+    if (!(features instanceof Float32Array)) throw new InvalidArgumentError('features must be a Float32Array')
+    if (!Number.isSafeInteger(rows) || rows < 0)
+      throw new InvalidArgumentError(`rows must be a non-negative integer, got ${rows}`)
+    if (features.length !== rows * FEATURE_COUNT)
+      throw new InvalidArgumentError(
+        `features hold ${features.length} values, expected rows × ${FEATURE_COUNT} = ${rows * FEATURE_COUNT}`,
+      )
+    if (rows === 0) return new Float32Array(0)
+    if (this.#warming !== null && this.#startError === null) {
+      await this.#warming
+      if (this.#closing !== null) throw new ForecastWorkerError('forecast pool closed')
+    }
+    const version = this.#version
+    const artifacts = this.#artifacts
+    // A ref'd timer (unlike AbortSignal.timeout's): a pending predict keeps the process alive until
+    // it settles, and the timer goes away with the task instead of lingering.
+    const deadline = new AbortController()
+    const signal = deadline.signal
+    const timer = setTimeout(abortTimedOut, this.#timeoutMs, deadline)
+    let x = ownBuffer(features)
+    let reply: ForecastReply
+    this.#stats.tasks++
+    try {
+      reply = await this.#piscina.run(
+        { kind: 'predict', version, rows, features: x },
+        { signal, transferList: [x.buffer as ArrayBuffer] },
+      )
+      if (isNeedModel(reply)) {
+        if (this.#closing !== null) throw new ForecastWorkerError('forecast pool closed')
+        x = reply.features
+        reply = await this.#piscina.run(
+          { kind: 'predict', version, rows, features: x, model: artifacts },
+          { signal, transferList: [x.buffer as ArrayBuffer] },
+        )
+      }
+    } catch (err) {
+      throw this.#taskError(err, signal)
+    } finally {
+      clearTimeout(timer)
+    }
+    const expected = rows * artifacts.meta.outputs.length
+    if (!(reply instanceof Float32Array) || reply.length !== expected) {
+      this.#stats.failures++
+      this.#healthy = false
+      throw new ForecastWorkerError(
+        `forecast worker returned ${describe(reply)}, expected a Float32Array of rows × outputs = ${expected} values`,
+      )
+    }
+    this.#healthy = true
+    this.#startError = null
+    return reply
+  }
+
+  /** Lets running predicts finish (each within its deadline), then ends the workers. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= this.#piscina.close().catch(() => {})
+    return this.#closing
+  }
+
+  #taskError(err: unknown, signal: AbortSignal): Error {
+    if (this.#closing !== null) return new ForecastWorkerError('forecast pool closed', { cause: err })
+    this.#healthy = false
+    if (signal.aborted) {
+      // piscina terminated the worker that ran it (if one had started it) and starts another.
+      if (this.#startError !== null) {
+        this.#stats.failures++
+        return new ForecastWorkerError(`forecast worker failed to start: ${this.#startError.message}`, {
+          cause: this.#startError,
+        })
+      }
+      this.#stats.timeouts++
+      return new ForecastTimeoutError(`forecast task ran past its ${this.#timeoutMs} ms deadline`, {
+        cause: err,
+      })
+    }
+    if (err instanceof ForecastWorkerError) return err
+    this.#stats.failures++
+    return new ForecastWorkerError(`forecast worker failed: ${(err as Error)?.message ?? String(err)}`, {
+      cause: err,
+    })
+  }
+
+  /**
+   * Pings `n` workers. A cold worker imports tfjs and starts its backend (≈0.2 s here, more on a
+   * busy host), which would otherwise count against a predict's deadline: predicts wait for the
+   * pings (bounded by kStartupTimeoutMs), except while workers are known to fail at start.
+   */
+  #warmUp(n: number): void {
+    // Sent from a microtask: piscina emits 'workerDestroy' while the dead worker is still in its
+    // ready set, and a task run from the listener would be posted to it (an assertion, uncaught).
+    const warming: Promise<void> = Promise.resolve()
+      .then(() => {
+        if (this.#closing !== null) return
+        const signal = AbortSignal.timeout(kStartupTimeoutMs)
+        const pings: Promise<unknown>[] = []
+        for (let i = 0; i < n; i++) pings.push(this.#piscina.run(kPing, { signal }))
+        return Promise.all(pings)
+      })
+      .then(
+        () => {
+          this.#startError = null
+        },
+        (err: unknown) => {
+          if (this.#closing !== null) return
+          this.#startError = err as Error
+          this.#healthy = false
+          const message = `forecast worker failed to start: ${(err as Error)?.message ?? String(err)}`
+          this.#report(new ForecastWorkerError(message, { cause: err }))
+        },
+      )
+      .finally(() => {
+        if (this.#warming === warming) this.#warming = null
+      })
+    this.#warming = warming
+  }
+
+  #onWorkerDestroy(): void {
+    if (this.#closing !== null) return
+    this.#stats.restarts++
+    // piscina starts the replacement now (after a timeout or a crash); wait for it to load.
+    if (this.#warming === null) this.#warmUp(1)
+  }
+
+  #onPoolError(err: Error): void {
+    if (this.#closing !== null) return
+    // piscina emits 'error' for a failure no task is waiting on: in practice a worker that failed
+    // to load while its task was still queued; that task would otherwise just time out.
+    this.#startError = err
+    this.#healthy = false
+    this.#report(
+      new ForecastWorkerError(`forecast worker failed: ${err?.message ?? String(err)}`, { cause: err }),
+    )
+  }
+
+  #report(err: Error): void {
+    try {
+      this.#onError?.(err)
+    } catch {
+      // A throwing onError must not turn a reported failure into an uncaught exception.
+    }
+  }
+}
+
+interface ValidOptions {
+  model: ModelArtifacts
+  threads: number
+  idleTimeoutMs: number
+  taskTimeoutMs: number
+  backend: ForecastBackend
+  filename: string
+  resourceLimits: { maxOldGenerationSizeMb?: number } | undefined
+  onError: ((err: Error) => void) | undefined
+}
+
+function validateOptions(options: ForecastPoolOptions): ValidOptions {
+  if (typeof options !== 'object' || options === null)
+    throw new InvalidOptionError('options must be an object')
+  const o = { ...kDefaultOptions, ...stripUndefined(options) }
+  const model = o.model as ModelArtifacts
+  const bad = checkArtifacts(model)
+  if (bad !== null) throw new InvalidOptionError(`options.model ${bad}`)
+  if (!Number.isSafeInteger(o.threads) || o.threads < 1)
+    throw new InvalidOptionError('options.threads must be a positive integer')
+  if (typeof o.idleTimeoutMs !== 'number' || Number.isNaN(o.idleTimeoutMs) || o.idleTimeoutMs < 0)
+    throw new InvalidOptionError(
+      'options.idleTimeoutMs must be a non-negative number of milliseconds (or Infinity)',
+    )
+  if (!Number.isFinite(o.taskTimeoutMs) || o.taskTimeoutMs <= 0 || o.taskTimeoutMs > 2 ** 31 - 1)
+    throw new InvalidOptionError('options.taskTimeoutMs must be a positive number of milliseconds')
+  if (!kBackends.includes(o.backend))
+    throw new InvalidOptionError(`options.backend must be one of ${kBackends.join(', ')}`)
+  if (o.onError !== undefined && typeof o.onError !== 'function')
+    throw new InvalidOptionError('options.onError must be a function')
+  const rl = o.resourceLimits
+  if (rl !== undefined) {
+    const mb = rl?.maxOldGenerationSizeMb
+    if (typeof rl !== 'object' || rl === null || (mb !== undefined && !(Number.isFinite(mb) && mb > 0)))
+      throw new InvalidOptionError('options.resourceLimits.maxOldGenerationSizeMb must be a positive number')
+  }
+  return {
+    model,
+    threads: o.threads,
+    idleTimeoutMs: o.idleTimeoutMs,
+    taskTimeoutMs: o.taskTimeoutMs,
+    backend: o.backend,
+    filename: workerFile(o.workerFilename),
+    resourceLimits: rl,
+    onError: o.onError,
+  }
+}
+
+function workerFile(given: string | URL | undefined): string {
+  if (given === undefined) return resolveWorkerFile('worker.js')
+  let file: string
+  try {
+    file = given instanceof URL || given.startsWith('file:') ? fileURLToPath(given) : given
+  } catch {
+    throw new InvalidOptionError('options.workerFilename must be a path or a file: URL')
+  }
+  if (typeof file !== 'string' || !existsSync(file))
+    throw new InvalidOptionError(`options.workerFilename: no such file ${JSON.stringify(String(given))}`)
+  return file
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>
+}
+
+/** Why `a` cannot be sent to a worker, or null. Full checks (checksums, shapes) are model.ts's. */
+function checkArtifacts(a: ModelArtifacts): string | null {
+  if (typeof a !== 'object' || a === null) return 'must be ModelArtifacts ({ meta, modelJSON, weights })'
+  if (!(a.weights instanceof ArrayBuffer)) return 'must hold its weights in an ArrayBuffer'
+  if (typeof a.modelJSON !== 'object' || a.modelJSON === null) return 'has no modelJSON'
+  const m = a.meta
+  if (typeof m !== 'object' || m === null) return 'has no meta'
+  if (!Array.isArray(m.features) || m.features.length !== FEATURE_COUNT)
+    return `must take ${FEATURE_COUNT} features (meta.features)`
+  if (!Array.isArray(m.outputs) || m.outputs.length < 1) return 'must list its outputs (meta.outputs)'
+  const n = m.normalization
+  if (
+    !Array.isArray(n?.mean) ||
+    !Array.isArray(n?.std) ||
+    n.mean.length !== FEATURE_COUNT ||
+    n.std.length !== FEATURE_COUNT
+  )
+    return `must hold ${FEATURE_COUNT} means and stds (meta.normalization)`
+  return null
+}
+
+function abortTimedOut(deadline: AbortController): void {
+  deadline.abort(new ForecastTimeoutError('forecast task deadline'))
+}
+
+/** `f` itself when it spans an unshared ArrayBuffer (transferred as is), else a copy that does. */
+function ownBuffer(f: Float32Array): Float32Array {
+  return f.buffer instanceof ArrayBuffer && f.byteOffset === 0 && f.byteLength === f.buffer.byteLength
+    ? f
+    : f.slice()
+}
+
+function isNeedModel(r: ForecastReply): r is NeedModel {
+  return typeof r === 'object' && r !== null && (r as NeedModel).kind === 'need-model'
+}
+
+function describe(r: unknown): string {
+  if (r instanceof Float32Array) return `${r.length} values`
+  if (ArrayBuffer.isView(r)) return `a ${r.constructor.name}`
+  return r === null ? 'null' : typeof r === 'object' ? 'an object' : `a ${typeof r}`
+}
