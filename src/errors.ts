@@ -30,6 +30,10 @@ export const ErrorCodes = {
   MODEL_MISMATCH: 'VLLM_MONITOR_MODEL_MISMATCH',
   FORECAST_WORKER: 'VLLM_MONITOR_FORECAST_WORKER',
   FORECAST_TIMEOUT: 'VLLM_MONITOR_FORECAST_TIMEOUT',
+  /** Reported (not thrown): a forecast tick failed outright; the next tick tries again. */
+  FORECAST_FAILED: 'VLLM_MONITOR_FORECAST_FAILED',
+  /** Reported (not thrown): an online retraining round failed; the current model stays. */
+  ONLINE_TRAINING: 'VLLM_MONITOR_ONLINE_TRAINING',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

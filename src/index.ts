@@ -36,8 +36,10 @@ export {
   datasetFromScenario,
   datasetFromTrace,
   labelRows,
+  type SuiteSplit,
   suiteDataset,
   type TraceDataset,
+  traceSegment,
 } from './forecast/dataset.js'
 export { type AlarmSource, formatScores, scoreDatasets, type TypeScore } from './forecast/evaluate.js'
 export {

@@ -126,7 +126,12 @@ export function renderDemoView(cp: Checkpoint | null, status: MonitorStatus, o: 
                 `${p.target.replica ?? '*'} ${p.failureType} ${(p.probability * 100).toFixed(0)}%` +
                 (p.timeToFailureS === null ? ` <${p.horizonS}s` : ` ~${p.timeToFailureS}s`),
             )
-            .join('  ') || paint(c, '2', `all below 30% (${preds[0]?.model ?? ''})`)),
+            .join('  ') ||
+          paint(
+            c,
+            '2',
+            `all below 30% (${preds.find((p) => p.model !== 'detector')?.model ?? 'detectors'})`,
+          )),
   )
   lines.push(
     paint(c, '1', 'actions      ') +

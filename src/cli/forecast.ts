@@ -97,10 +97,12 @@ export function registerForecast(program: Command): void {
       const { datasetFromTrace } = await import('../forecast/dataset.js')
       const { fromArtifacts, initBackend, loadModelArtifacts } = await import('../forecast/model.js')
       const { evaluateRuns } = await import('../forecast/report.js')
-      const sets: TraceDataset[] = []
-      for (const f of files) sets.push(await datasetFromTrace(f))
       let artifacts: ModelArtifacts | null = null
       if (o.model !== false) artifacts = await loadModelArtifacts(o.model)
+      // Failures are judged by the SLO the model was trained for.
+      const sets: TraceDataset[] = []
+      for (const f of files)
+        sets.push(await datasetFromTrace(f, artifacts === null ? {} : { slo: artifacts.meta.slo }))
       let model = null
       if (artifacts !== null) {
         await initBackend()

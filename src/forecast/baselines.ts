@@ -140,12 +140,13 @@ export class Baselines {
       if (total !== null && total > 0 && reading?.memoryUsedBytes != null) {
         memFrac = Math.max(Number.isNaN(memFrac) ? 0 : memFrac, reading.memoryUsedBytes / total)
         const ahead = predictLinear(st.get(gpuKey(g, 'memoryUsedBytes')), tMs, 120, 120, this.buf) / total
-        if (!(memAhead >= ahead)) memAhead = ahead
+        // The worst GPU with data: one that reports nothing must not erase another's reading.
+        if (Number.isFinite(ahead) && !(memAhead >= ahead)) memAhead = ahead
       }
       const tc = reading?.temperatureCelsius ?? null
       if (tc !== null && !(temp >= tc)) temp = tc
       const ta = predictLinear(st.get(gpuKey(g, 'temperatureCelsius')), tMs, 120, 60, this.buf)
-      if (!(tempAhead >= ta)) tempAhead = ta
+      if (Number.isFinite(ta) && !(tempAhead >= ta)) tempAhead = ta
     }
     fire(threshold, 'threshold', 'oom', memFrac / 0.97, () => `GPU memory ${pct(memFrac)} >= 97%`)
     fire(

@@ -172,6 +172,7 @@ export async function datasetFromScenario(
 
 class Builder {
   readonly labels: TimedLabel[] = []
+  private nextT = 0
   private readonly features = new Grow(FEATURE_COUNT)
   private readonly thr = new Grow(NT)
   private readonly lin = new Grow(NT)
@@ -199,7 +200,10 @@ class Builder {
   }
 
   tick(cp: Checkpoint): void {
-    if (cp.t % FORECAST_STEP_MS !== 0) return
+    // One row per second: the first checkpoint at or after each whole second (a trace recorded
+    // with a checkpoint interval that does not divide a second still gives a row a second).
+    if (cp.t < this.nextT) return
+    this.nextT = (Math.floor(cp.t / FORECAST_STEP_MS) + 1) * FORECAST_STEP_MS
     const labels = this.labels.splice(0)
     for (const l of labels) if (l.phase === 'injected') this.injections.push({ replica: l.replica, t: l.t })
     this.onsets.push(...this.tracker.observe(cp, labels))
@@ -365,19 +369,38 @@ export function mulberry32(seed: number): () => number {
   }
 }
 
+export type SuiteSplit = 'train' | 'val' | 'test' | 'all'
+
 /**
- * One run of the standard suite as training and evaluation use it: the scenario with the trace
- * rotated and the faults delayed by amounts fixed per scenario and seed (so a seed is a different
- * day of traffic and a different moment of failure, reproducibly).
+ * The part of the request trace a split draws from: training the first 60 % of its time span,
+ * validation the next 20 %, test the last 20 %. Splitting by time (forecasting.md §6.2) keeps
+ * held-out runs from replaying request sequences the model was trained on.
+ */
+export function traceSegment(rows: readonly TraceRow[], split: SuiteSplit): TraceRow[] {
+  if (split === 'all' || rows.length < 10) return [...rows]
+  const first = rows[0]!.atMs
+  const span = rows[rows.length - 1]!.atMs - first
+  const [lo, hi] = split === 'train' ? [0, 0.6] : split === 'val' ? [0.6, 0.8] : [0.8, 1.0001]
+  const part = rows.filter((r) => r.atMs - first >= lo * span && r.atMs - first < hi * span)
+  const t0 = part[0]?.atMs ?? first
+  return part.map((r) => ({ ...r, atMs: r.atMs - t0 }))
+}
+
+/**
+ * One run of the standard suite as training and evaluation use it: the scenario over the split's
+ * segment of the trace, started at a seed-dependent point, with the faults delayed by an amount
+ * fixed per scenario and seed (so a seed is another stretch of traffic and another moment of
+ * failure, reproducibly). `bench/forecast-quality` uses the test split.
  */
 export function suiteDataset(
   scenario: string,
   seed: number,
-  rows?: readonly TraceRow[],
+  options: { rows?: readonly TraceRow[]; split?: SuiteSplit } = {},
 ): Promise<TraceDataset> {
+  const rows = traceSegment(options.rows ?? loadTraceCsv(), options.split ?? 'all')
   return datasetFromScenario(scenario, {
     seed,
-    traceRows: rotateRows(rows ?? loadTraceCsv(), seed),
+    traceRows: rotateRows(rows, seed),
     // Faults strike at a fixed time in each scenario; the features carry traces of the boot for a
     // minute, and a model would learn "a minute after boot, the KV cache fills" from that alone.
     faultDelayMs: faultDelayMs(scenario, seed),

@@ -5,7 +5,8 @@
  * simulator's labelled runs (Platt-style calibration), so that the probability they report is
  * the observed frequency of a failure within 30 s, not an arbitrary score.
  *
- * - hardware: corrected-ECC growth over the last minute, any Xid in the last two minutes, a fatal
+ * - hardware: corrected-ECC growth over the last minute, any Xid but an application's (13, 31,
+ *   43, 45) in the last two minutes, a fatal
  *   Xid / lost GPU / uncorrectable ECC in the last 30 s, temperature at or above 90 °C.
  * - network: how long progress has stalled while requests run, shared-memory broadcast stalls and
  *   RPC timeouts (the V1 engine's symptom of a hung worker), NCCL errors and timeouts, steps
@@ -35,6 +36,11 @@ export const DEFAULT_DETECTORS: DetectorCoefficients = {
 }
 
 const FATAL_XIDS = new Set([48, 74, 79, 94, 95, 119, 120])
+/**
+ * Xids an application causes: 13 graphics engine exception, 31 MMU fault (an illegal address),
+ * 43 GPU stopped processing (the context was killed), 45 preemptive cleanup (a process ended).
+ */
+export const APPLICATION_XIDS = new Set([13, 31, 43, 45])
 
 export function sigmoid(z: number): number {
   return 1 / (1 + Math.exp(-z))
@@ -71,7 +77,8 @@ export function hardwareFeatures(
     const mine = e.replica === target.replica || (e.gpu !== null && target.gpus.includes(e.gpu))
     if (!mine) continue
     if (e.type === 'xid') {
-      xid = 1
+      // Application-level Xids (a kernel's fault, not the GPU's) say nothing about the hardware.
+      if (!APPLICATION_XIDS.has(Number(e.data?.xid))) xid = 1
       if (e.t >= cp.t - 30_000 && FATAL_XIDS.has(Number(e.data?.xid))) fatal = 1
     }
     if (

@@ -1,16 +1,21 @@
 /**
- * Scores predictors against what happened, per failure type, the way forecasting.md §6.2 asks:
+ * Scores predictors against what happened, per failure type, the way forecasting.md §6.2 asks
+ * (Salfner et al.'s time model: an alarm raised at time a claims that the failure starts within
+ * [a + Δt_w, a + Δt_p], Δt_w the warning time the mitigation needs, Δt_p the horizon):
  *
- * - An alarm is a run of consecutive alarming seconds on one replica (gaps up to 5 s merge it):
- *   one episode, however long, so a flapping alarm is not rewarded for repetition.
- * - A failure counts as predicted when an episode covers some instant of its prediction window
- *   [onset - Δt_p, onset - Δt_w]: the alarm said "within Δt_p" and came with at least the warning
- *   time Δt_w the mitigation needs. Lead = onset - episode start, capped at Δt_p (an alarm held
- *   for ten minutes does not claim ten minutes of lead). Failures without a precursor
- *   (hardware, network) are scored as detection: Δt_w is negative and the lead is minus the delay.
- * - An episode is a false alarm when no failure of its type starts on its replica between its
- *   start and Δt_p after its end. Alarms while the failure is already under way are not counted.
- * - False alarms per hour are per monitored replica-hour.
+ * - Alarming seconds on one replica merge into an episode (gaps up to 5 s), and an episode is cut
+ *   into claims of at most Δt_p each: an alarm held for ten minutes makes five claims, not one, so
+ *   holding an alarm long before a failure is not rewarded. (A detection episode is one claim:
+ *   it says "broken now", and holding it while broken is right.)
+ * - A claim [s, e] is true when a failure of its type starts on its replica within
+ *   [s + Δt_w, e + Δt_p]; otherwise it is a false alarm. A late alarm (less lead than Δt_w) is a
+ *   false alarm too.
+ * - A failure counts as predicted when an alarm was raised within [onset - Δt_p, onset - Δt_w]
+ *   (or was already on at onset - Δt_p). Lead = onset - the start of that alarm's episode, capped
+ *   at Δt_p. Failures without a precursor (hardware, network) are scored as detection: Δt_w is
+ *   negative, and the lead is minus the detection delay.
+ * - Alarms while the failure is already under way are not counted (detections excepted).
+ * - False alarms per hour are per monitored replica-hour (one dataset row = one second).
  */
 import type { TraceDataset } from './dataset.js'
 import { FAILURE_TYPES, type FailureType, SCORING } from './spec.js'
@@ -115,11 +120,10 @@ function scoreOne(ds: TraceDataset, p: AlarmSource, ti: number, s: TypeScore): v
     const onsets = ds.onsets.filter((o) => o.failureType === type && o.replica === name).map((o) => o.t)
     const eps = episodes(ds, p, ti, rep)
     s.failures += onsets.length
-    s.alarms += eps.length
     for (const f of onsets) {
       let best: number | null = null
       for (const e of eps) {
-        // Overlaps [f - Δt_p, f - Δt_w]?
+        // Alarming at some instant of [f - Δt_p, f - Δt_w]?
         if (e.start <= f - wl && e.end >= f - hp) {
           const lead = Math.min(f - e.start, hp)
           if (best === null || lead > best) best = lead
@@ -131,10 +135,14 @@ function scoreOne(ds: TraceDataset, p: AlarmSource, ti: number, s: TypeScore): v
       }
     }
     for (const e of eps) {
-      const lo = e.start + Math.min(0, wl)
-      const hi = e.end + hp
-      if (onsets.some((f) => f >= lo && f <= hi)) s.trueAlarms++
-      else s.falseAlarms++
+      // A detection says "broken now", and holding it while broken is right: one claim per episode.
+      const claim = wl < 0 ? Number.POSITIVE_INFINITY : hp
+      for (let cs = e.start; cs <= e.end; cs += claim) {
+        const ce = Math.min(e.end, cs + claim - 1000)
+        s.alarms++
+        if (onsets.some((f) => f >= cs + wl && f <= ce + hp)) s.trueAlarms++
+        else s.falseAlarms++
+      }
     }
   }
 }

@@ -17,7 +17,13 @@ import { createHash } from 'node:crypto'
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ModelLoadError, ModelMismatchError } from '../errors.js'
-import { DEFAULT_DETECTORS, type DetectorCoefficients } from './detectors.js'
+import {
+  DEFAULT_DETECTORS,
+  type DetectorCoefficients,
+  HARDWARE_FEATURES,
+  type LogisticModel,
+  NETWORK_FEATURES,
+} from './detectors.js'
 import { FEATURE_NAMES, FEATURE_SCHEMA_VERSION } from './features.js'
 import { DEFAULT_SLO, type FailureType, MODEL_OUTPUTS, type ModelOutput, type SloOptions } from './spec.js'
 
@@ -224,9 +230,37 @@ export function checkMeta(meta: ModelMeta, where: string): void {
     throw new ModelLoadError(
       `model ${where}: meta.json normalization must hold ${FEATURE_NAMES.length} finite means and stds`,
     )
-  if (typeof meta.detectors !== 'object' || meta.detectors === null) meta.detectors = DEFAULT_DETECTORS
-  if (typeof meta.thresholds !== 'object' || meta.thresholds === null) meta.thresholds = {}
-  if (typeof meta.slo !== 'object' || meta.slo === null) meta.slo = { ...DEFAULT_SLO }
+  if (meta.detectors === undefined || meta.detectors === null) meta.detectors = DEFAULT_DETECTORS
+  for (const [which, names] of [
+    ['hardware', HARDWARE_FEATURES],
+    ['network', NETWORK_FEATURES],
+  ] as const) {
+    const d = (meta.detectors as unknown as Record<string, LogisticModel | undefined>)[which]
+    if (
+      typeof d !== 'object' ||
+      d === null ||
+      !Array.isArray(d.features) ||
+      d.features.length !== names.length ||
+      d.features.some((f, i) => f !== names[i]) ||
+      !Array.isArray(d.weights) ||
+      d.weights.length !== names.length ||
+      ![...d.weights, d.bias].every((v) => typeof v === 'number' && Number.isFinite(v))
+    )
+      throw new ModelMismatchError(
+        `model ${where}: meta.json detectors.${which} must have features [${names.join(', ')}] with as many finite weights and a finite bias`,
+      )
+  }
+  if (meta.thresholds === undefined || meta.thresholds === null) meta.thresholds = {}
+  for (const [type, v] of Object.entries(meta.thresholds))
+    if (typeof v !== 'number' || !(v > 0 && v <= 1))
+      throw new ModelLoadError(
+        `model ${where}: meta.json thresholds.${type} must be a number in (0, 1], got ${JSON.stringify(v)}`,
+      )
+  if (meta.slo === undefined || meta.slo === null) meta.slo = { ...DEFAULT_SLO }
+  const slo = meta.slo as unknown as Record<string, unknown>
+  for (const k of ['ttftP99Ms', 'itlP99Ms', 'queueS'])
+    if (typeof slo[k] !== 'number' || !((slo[k] as number) > 0))
+      throw new ModelLoadError(`model ${where}: meta.json slo.${k} must be a positive number`)
 }
 
 /** Standardises rows in place with the model's normalisation (std floor 1e-6). */

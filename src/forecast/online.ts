@@ -1,7 +1,7 @@
 /**
  * Online retraining: the live monitor's feature rows are labelled from what actually happened,
  * and the model is fine-tuned on them in a worker on a schedule. A fine-tuned model replaces the
- * current one only if its loss on a held-back buffer is no worse.
+ * current one only if its class-balanced loss on a held-back buffer is no worse.
  *
  * A row waits until its longest horizon (120 s) has passed, then gets the labels of
  * dataset.ts `labelRows`: 1 on a head when a failure of its type started on its replica within the
@@ -13,8 +13,21 @@
  * negatives the rule gives, so it changes nothing. An 'avoided' outcome reaches only rows still
  * pending: set `labelDelayMs` to how late the mitigation side reports.
  *
- * The held-back buffer takes every n-th row of each replica. Neighbouring seconds are correlated,
- * so its loss is optimistic as an accuracy figure; it serves to catch a fine-tune that got worse.
+ * The held-back buffer takes whole blocks: per replica, the labelled rows are counted off in
+ * blocks of `HELD_BACK_BLOCK_ROWS` (60, about a minute at 1 Hz) consecutive rows, and every
+ * `heldBackEvery`-th block goes to the held-back buffer, the rest to training. Neighbouring seconds
+ * are nearly the same row; held-back rows interleaved with training rows would score a fine-tune
+ * that memorised its rows as better. Rows at the edges of a block still border training rows, so
+ * the held-back loss remains somewhat optimistic as an accuracy figure; it serves to catch a
+ * fine-tune that got worse.
+ *
+ * Failures are rare, so nearly every live row is negative. Left alone, fine-tuning would drift
+ * toward "no failure" everywhere and a mean cross-entropy would call that an improvement, turning
+ * alarms off without a word. So (train-worker.ts): positive rows are repeated to about
+ * `positiveShare` of an epoch, as offline training does; the held-back score is class-balanced
+ * (per head, positives and negatives weigh alike; heads with no positive held-back row are not
+ * scored); and a round whose held-back buffer holds no positive at all is refused before it
+ * starts, since nothing could show that the new model still sees a failure coming.
  *
  * `observe` and `advance` run on the monitor's thread at 1 Hz per replica: they write into
  * preallocated ring buffers and allocate nothing in the steady state.
@@ -30,6 +43,9 @@ import type { FineTuneResult, FineTuneTask } from './train-worker.js'
 
 export type { FineTuneResult, FineTuneTask } from './train-worker.js'
 
+/** Consecutive labelled rows of a replica that go to the same buffer (about a minute at 1 Hz). */
+export const HELD_BACK_BLOCK_ROWS = 60
+
 const F = FEATURE_COUNT
 const NT = FAILURE_TYPES.length
 const NO = MODEL_OUTPUTS.length
@@ -42,9 +58,15 @@ export interface RoundResult {
   swapped: boolean
   /** Why the model was or was not replaced, in words (names both losses when they were measured). */
   reason: string
-  /** Mean binary cross-entropy on the held-back rows of the model before and after; null if not run. */
+  /**
+   * Class-balanced held-back loss of the model before and after (FineTuneResult.oldLoss): what
+   * the swap is decided on. null if the worker did not run.
+   */
   oldLoss: number | null
   newLoss: number | null
+  /** Plain mean binary cross-entropy on the held-back rows, before and after; for information. */
+  oldBce: number | null
+  newBce: number | null
   trainRows: number
   heldRows: number
   /** meta.version of the model swapped in; null when none was. */
@@ -71,8 +93,17 @@ export interface OnlineTrainerOptions {
   intervalMs?: number
   /** Training rows a round needs (default 256). */
   minSamples?: number
-  /** Every n-th labelled row of a replica goes to the held-back buffer (default 5). */
+  /**
+   * Every n-th block of `HELD_BACK_BLOCK_ROWS` (60) consecutive labelled rows of a replica goes to
+   * the held-back buffer, the other blocks to training (default 5, at least 2). A replica's first
+   * held-back block thus comes after (n - 1) x 60 labelled rows.
+   */
   heldBackEvery?: number
+  /**
+   * Share of an epoch's rows that have a positive label, after repeating the positive training
+   * rows (0 <= x < 1, default 0.1; 0 = as they come); as `positiveShare` of offline training.
+   */
+  positiveShare?: number
   /** Labelled rows kept, training and held-back together; the oldest go first (default 20 000). */
   maxRows?: number
   /** Extra time a row stays unlabelled, ms, so that late 'avoided' outcomes still reach it (default 0). */
@@ -93,7 +124,10 @@ export interface OnlineTrainerStats {
   pending: number
   trainRows: number
   heldRows: number
-  /** Rounds that reached the worker: swaps + refusals + failures. */
+  /**
+   * Rounds that reached the worker: swaps + refusals + failures. A round turned away before it
+   * (too few rows, no held-back rows or none positive) counts nowhere; see lastRound.
+   */
   rounds: number
   swaps: number
   refusals: number
@@ -107,6 +141,7 @@ const kDefaults = {
   intervalMs: 600_000,
   minSamples: 256,
   heldBackEvery: 5,
+  positiveShare: 0.1,
   maxRows: 20_000,
   labelDelayMs: 0,
   epochs: 3,
@@ -214,7 +249,8 @@ export class OnlineTrainer {
   /** Per replica, per FAILURE_TYPES index: onset times, ascending. */
   readonly #onsets: number[][][] = []
   #onsetCount = 0
-  readonly #heldCounter: number[] = []
+  /** Per replica: labelled rows filed so far, which places the next one in its block. */
+  readonly #filed: number[] = []
   readonly #labels = new Uint8Array(NO)
   #lastT = Number.NEGATIVE_INFINITY
   #avoidedDropped = 0
@@ -258,6 +294,13 @@ export class OnlineTrainer {
     int('labelDelayMs', 0)
     if (!Number.isInteger(o.heldBackEvery) || o.heldBackEvery < 2)
       throw new InvalidOptionError('OnlineTrainer: option "heldBackEvery" must be an integer >= 2')
+    if (
+      typeof o.positiveShare !== 'number' ||
+      !Number.isFinite(o.positiveShare) ||
+      o.positiveShare < 0 ||
+      o.positiveShare >= 1
+    )
+      throw new InvalidOptionError('OnlineTrainer: option "positiveShare" must be a number >= 0 and < 1')
     if (typeof o.learningRate !== 'number' || !(o.learningRate > 0) || !Number.isFinite(o.learningRate))
       throw new InvalidOptionError('OnlineTrainer: option "learningRate" must be a positive number')
     if (!['auto', 'wasm', 'cpu'].includes(o.backend))
@@ -381,7 +424,7 @@ export class OnlineTrainer {
       if (ri > 0xffff) throw new RangeError('OnlineTrainer: more than 65 536 replicas')
       this.#replicas.set(name, ri)
       this.#onsets.push(FAILURE_TYPES.map(() => []))
-      this.#heldCounter.push(0)
+      this.#filed.push(0)
     }
     return ri
   }
@@ -411,13 +454,23 @@ export class OnlineTrainer {
         }
       }
     }
-    const held = ++this.#heldCounter[ri]! % this.#o.heldBackEvery === 0
+    const n = this.#filed[ri]!++
+    const held = (Math.floor(n / HELD_BACK_BLOCK_ROWS) + 1) % this.#o.heldBackEvery === 0
     const dst = held ? this.#held : this.#train
     const j = dst.push()
     dst.x.set(p.x.subarray(i * F, (i + 1) * F), j * F)
     dst.y.set(y, j * NO)
     dst.t[j] = t
     dst.rep[j] = ri
+  }
+
+  #heldHasPositive(): boolean {
+    const h = this.#held
+    for (let k = 0; k < h.size; k++) {
+      const i = h.slot(k)
+      for (let j = 0; j < NO; j++) if (h.y[i * NO + j] !== 0) return true
+    }
+    return false
   }
 
   /** Onsets at or before the oldest row still pending can label nothing more. */
@@ -444,6 +497,8 @@ export class OnlineTrainer {
         reason,
         oldLoss: null,
         newLoss: null,
+        oldBce: null,
+        newBce: null,
         trainRows,
         heldRows,
         version: null,
@@ -459,6 +514,8 @@ export class OnlineTrainer {
     if (trainRows < this.#o.minSamples)
       return result(false, `not enough labelled rows (${trainRows} < ${this.#o.minSamples})`)
     if (heldRows === 0) return result(false, 'no held-back rows yet')
+    if (!this.#heldHasPositive())
+      return result(false, 'no failure in the held-back rows: nothing to judge a new model on')
     let current: ModelArtifacts
     try {
       current = this.#o.getModel()
@@ -481,6 +538,7 @@ export class OnlineTrainer {
       epochs: this.#o.epochs,
       learningRate: this.#o.learningRate,
       batchSize: this.#o.batchSize,
+      positiveShare: this.#o.positiveShare,
     }
     this.#stats.rounds++
     let out: FineTuneResult
@@ -495,7 +553,7 @@ export class OnlineTrainer {
     }
     if (this.#closed) return result(false, 'trainer closed')
     const { oldLoss, newLoss } = out
-    const losses = { oldLoss, newLoss }
+    const losses = { oldLoss, newLoss, oldBce: num(out.oldBce), newBce: num(out.newBce) }
     let now: ModelArtifacts | null = null
     try {
       now = this.#o.getModel()
@@ -506,8 +564,15 @@ export class OnlineTrainer {
       this.#stats.refusals++
       return result(false, 'the model was replaced while the round ran', losses)
     }
-    const better = Number.isFinite(newLoss) && (newLoss <= oldLoss || !Number.isFinite(oldLoss))
-    if (!better) {
+    if (!Number.isFinite(oldLoss) || !Number.isFinite(newLoss)) {
+      this.#stats.refusals++
+      return result(
+        false,
+        `held-back loss is not finite (${fmt(oldLoss)} -> ${fmt(newLoss)}): kept the current model`,
+        losses,
+      )
+    }
+    if (!(newLoss <= oldLoss)) {
       this.#stats.refusals++
       return result(
         false,
@@ -575,6 +640,11 @@ export class OnlineTrainer {
         this.#call(this.#o.onError, err instanceof Error ? err : new Error(String(err)))
     }
   }
+}
+
+/** A loss from the worker, or null when it sent none. */
+function num(v: unknown): number | null {
+  return typeof v === 'number' ? v : null
 }
 
 function fmt(v: number): string {

@@ -7,6 +7,11 @@
  * the current version answers 'need-model' and gets the task again with them, so a swap costs one
  * extra round trip per worker and the weights cross threads once per worker per version.
  *
+ * A predict's deadline (taskTimeoutMs) covers everything the caller waits for: a worker still
+ * starting, the queue, the 'need-model' round trip, the load and the run. Workers start (and load
+ * the current model) in a warm-up outside any deadline; a predict that runs out of time waiting
+ * for it rejects without disturbing the starting worker.
+ *
  * Failure handling (forecasting.md §5): a task past its deadline is aborted, which makes piscina
  * terminate its worker and start another; a worker that exits or throws rejects its task; a worker
  * that fails to load emits 'error' on the pool, which would crash the process with no listener.
@@ -26,7 +31,13 @@ import { FEATURE_COUNT } from './features.js'
 import type { ModelArtifacts } from './model.js'
 import type { ForecastReply, ForecastTask, ForecastWorkerData, NeedModel } from './worker.js'
 
-export type ForecastBackend = 'auto' | 'wasm' | 'cpu'
+/**
+ * The tfjs backend in the workers. 'auto' (the default) is wasm, or cpu when wasm cannot start:
+ * unlike model.ts's initBackend('auto'), never @tensorflow/tfjs-node, which fails in worker threads
+ * (tfjs#2079; tfjs#8388, "starts failing at the second worker thread"). 'tensorflow' asks for
+ * tfjs-node explicitly (still wasm, then cpu, when it is not installed or does not load there).
+ */
+export type ForecastBackend = 'auto' | 'wasm' | 'cpu' | 'tensorflow'
 
 export interface ForecastPoolOptions {
   /** The model the workers run until `setModel`. */
@@ -39,9 +50,17 @@ export interface ForecastPoolOptions {
    * day that changes, since piscina's own (0) would re-initialise tfjs and the model per task.
    */
   idleTimeoutMs?: number
-  /** Deadline of one predict, queueing and a model (re)load included. Default 1,000. */
+  /**
+   * Deadline of one predict, from the call to its result: waiting for a worker that is still
+   * starting, queueing, a model (re)load and the run included. Default 1,000.
+   */
   taskTimeoutMs?: number
-  /** tfjs backend in the workers (model.ts initBackend). Default 'auto'. */
+  /**
+   * tfjs backend in the workers. Default 'auto': wasm, cpu when wasm cannot start; never
+   * @tensorflow/tfjs-node, which fails in worker threads (tfjs#2079, #8388). 'tensorflow': use
+   * tfjs-node, explicitly requested (falls back like 'auto' when it does not load). 'wasm': wasm,
+   * else cpu. 'cpu': cpu.
+   */
   backend?: ForecastBackend
   /** Worker module; default the compiled worker.js (resolveWorkerFile). Tests use fixtures. */
   workerFilename?: string | URL
@@ -55,16 +74,15 @@ export interface ForecastPoolStats {
   tasks: number
   /** Predicts rejected with ForecastWorkerError (crash, throw, garbage), closing excluded. */
   failures: number
-  /** Predicts rejected with ForecastTimeoutError. */
+  /** Predicts rejected with ForecastTimeoutError, those that waited for a starting worker included. */
   timeouts: number
   /** Workers ended by a crash, a load failure or a timeout (piscina starts a replacement). */
   restarts: number
 }
 
 const kDefaultOptions = { threads: 1, idleTimeoutMs: 60_000, taskTimeoutMs: 1_000, backend: 'auto' } as const
-const kBackends: readonly string[] = ['auto', 'wasm', 'cpu']
-const kPing: ForecastTask = { kind: 'ping' }
-/** Bound on the warm-up ping: a cold worker imports tfjs and starts its backend (≈0.1–1 s). */
+const kBackends: readonly string[] = ['auto', 'wasm', 'cpu', 'tensorflow']
+/** Bound on the warm-up ping: a cold worker imports tfjs, starts its backend and loads the model. */
 const kStartupTimeoutMs = 30_000
 
 /**
@@ -91,7 +109,7 @@ export class ForecastPool {
   #healthy = true
   /** Set by a worker that failed to start; a predict that then times out reports it as the cause. */
   #startError: Error | null = null
-  /** Pending warm-up pings (never rejects); null once they are answered. */
+  /** Pending warm-up pings (never rejects); null once they are answered. Predicts wait for it. */
   #warming: Promise<void> | null = null
   #closing: Promise<void> | null = null
   #stats: ForecastPoolStats = { tasks: 0, failures: 0, timeouts: 0, restarts: 0 }
@@ -124,9 +142,22 @@ export class ForecastPool {
     return this.#version
   }
 
-  /** False after a failed or timed-out predict or a worker that failed to start, until a success. */
+  /**
+   * False after a failed or timed-out predict or a worker that failed to start, until a success.
+   * A predict that ran out of time waiting for a worker to start does not count: starting is not
+   * failing (a start that fails, or takes longer than 30 s, does).
+   */
   get healthy(): boolean {
     return this.#healthy && this.#closing === null
+  }
+
+  /**
+   * True while a worker is starting (at first, and after each restart) and no start has failed:
+   * predicts wait for it, and one whose deadline passes meanwhile rejects with ForecastTimeoutError
+   * ('forecast worker still starting after N ms'), which says nothing about the model.
+   */
+  get starting(): boolean {
+    return this.#warming !== null && this.#startError === null && this.#closing === null
   }
 
   get stats(): ForecastPoolStats {
@@ -149,6 +180,7 @@ export class ForecastPool {
    * probabilities (row-major, in meta.outputs order). When `features` spans its whole ArrayBuffer,
    * that buffer is transferred to the worker and detached here: pass `features.slice()` to keep it.
    * Rejects with InvalidArgumentError, ForecastTimeoutError or ForecastWorkerError; never throws.
+   * Settles within taskTimeoutMs (plus timer lag), a worker still starting included.
    */
   async predict(features: Float32Array, rows: number): Promise<Float32Array> {
     if (this.#closing !== null) throw new ForecastWorkerError('forecast pool closed')
@@ -160,17 +192,31 @@ export class ForecastPool {
         `features hold ${features.length} values, expected rows × ${FEATURE_COUNT} = ${rows * FEATURE_COUNT}`,
       )
     if (rows === 0) return new Float32Array(0)
-    if (this.#warming !== null && this.#startError === null) {
-      await this.#warming
-      if (this.#closing !== null) throw new ForecastWorkerError('forecast pool closed')
-    }
-    const version = this.#version
-    const artifacts = this.#artifacts
-    // A ref'd timer (unlike AbortSignal.timeout's): a pending predict keeps the process alive until
-    // it settles, and the timer goes away with the task instead of lingering.
+    // One deadline from here on, warm-up wait included. A ref'd timer (unlike AbortSignal.timeout's):
+    // a pending predict keeps the process alive until it settles, and the timer goes away with it.
     const deadline = new AbortController()
     const signal = deadline.signal
     const timer = setTimeout(abortTimedOut, this.#timeoutMs, deadline)
+    try {
+      return await this.#predict(features, rows, signal)
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  async #predict(features: Float32Array, rows: number, signal: AbortSignal): Promise<Float32Array> {
+    if (this.#warming !== null && this.#startError === null) {
+      // Nothing is sent before the worker is up: the deadline then only ends this wait, and the
+      // starting worker (not stuck, just slow) goes on starting for the predicts after this one.
+      const started = await settledUnlessAborted(this.#warming, signal)
+      if (this.#closing !== null) throw new ForecastWorkerError('forecast pool closed')
+      if (!started) {
+        this.#stats.timeouts++
+        throw new ForecastTimeoutError(`forecast worker still starting after ${this.#timeoutMs} ms`)
+      }
+    }
+    const version = this.#version
+    const artifacts = this.#artifacts
     let x = ownBuffer(features)
     let reply: ForecastReply
     this.#stats.tasks++
@@ -189,8 +235,6 @@ export class ForecastPool {
       }
     } catch (err) {
       throw this.#taskError(err, signal)
-    } finally {
-      clearTimeout(timer)
     }
     const expected = rows * artifacts.meta.outputs.length
     if (!(reply instanceof Float32Array) || reply.length !== expected) {
@@ -235,9 +279,10 @@ export class ForecastPool {
   }
 
   /**
-   * Pings `n` workers. A cold worker imports tfjs and starts its backend (≈0.2 s here, more on a
-   * busy host), which would otherwise count against a predict's deadline: predicts wait for the
-   * pings (bounded by kStartupTimeoutMs), except while workers are known to fail at start.
+   * Pings `n` workers with the current model. A cold worker imports tfjs, starts its backend and
+   * loads the model (≈0.2 s here, seconds on a busy host). Predicts wait for the pings within their
+   * own deadline (the pings are bounded by kStartupTimeoutMs), except while workers are known to
+   * fail at start; the load done here is one a predict's deadline no longer has to cover.
    */
   #warmUp(n: number): void {
     // Sent from a microtask: piscina emits 'workerDestroy' while the dead worker is still in its
@@ -246,8 +291,9 @@ export class ForecastPool {
       .then(() => {
         if (this.#closing !== null) return
         const signal = AbortSignal.timeout(kStartupTimeoutMs)
+        const ping: ForecastTask = { kind: 'ping', version: this.#version, model: this.#artifacts }
         const pings: Promise<unknown>[] = []
-        for (let i = 0; i < n; i++) pings.push(this.#piscina.run(kPing, { signal }))
+        for (let i = 0; i < n; i++) pings.push(this.#piscina.run(ping, { signal }))
         return Promise.all(pings)
       })
       .then(
@@ -379,6 +425,19 @@ function checkArtifacts(a: ModelArtifacts): string | null {
   )
     return `must hold ${FEATURE_COUNT} means and stds (meta.normalization)`
   return null
+}
+
+/** Whether `p` settled before `signal` aborted. */
+function settledUnlessAborted(p: Promise<void>, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.resolve(false)
+  return new Promise((resolve) => {
+    const onAbort = () => resolve(false)
+    signal.addEventListener('abort', onAbort, { once: true })
+    p.then(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve(true)
+    })
+  })
 }
 
 function abortTimedOut(deadline: AbortController): void {

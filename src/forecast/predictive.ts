@@ -30,8 +30,8 @@ import {
   type ForecastTarget,
   forecastTargets,
 } from './features.js'
-import { loadModelArtifacts, type ModelArtifacts, type ModelMeta } from './model-io.js'
-import { OnlineTrainer } from './online.js'
+import { checkMeta, loadModelArtifacts, type ModelArtifacts, type ModelMeta } from './model-io.js'
+import { type MitigationOutcome, OnlineTrainer } from './online.js'
 import { type FailureOnset, OnsetTracker } from './onsets.js'
 import { type ForecastBackend, ForecastPool } from './pool.js'
 import {
@@ -62,12 +62,17 @@ export interface PredictiveDetectorOptions {
   /** Fine-tune the model online from what happens (the monitor's `learning` option). */
   learning?: boolean | { intervalMs?: number; minSamples?: number }
   onError?: (code: string, message: string) => void
+  /** The worker module (default: the package's compiled forecast worker); for tests and custom runtimes. */
+  workerFilename?: string
+  /** How long the model is set aside after the workers failed three times in a row (default 30 s, doubling up to 10 min). */
+  retryAfterMs?: number
 }
 
 export interface PredictiveStatus {
   /** `name-vN` of the model answering, or null while the baselines do. */
   model: string | null
-  state: 'loading' | 'ready' | 'fallback'
+  /** `suspended`: the workers kept failing; the baselines answer until the model is retried. */
+  state: 'loading' | 'ready' | 'suspended' | 'fallback'
   /** Why the baselines answer, when they do. */
   reason: string | null
   fallback: BaselineName
@@ -77,13 +82,26 @@ export interface PredictiveStatus {
   onlineSwaps: number
 }
 
+const yieldTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
+interface PendingAlarm {
+  type: FailureType
+  replica: string
+  t: number
+  horizonMs: number
+  minLeadMs: number
+}
+
 const NO = MODEL_OUTPUTS.length
 const MAX_FAILURES_IN_A_ROW = 3
+const BACKOFF_MS = 30_000
+const MAX_BACKOFF_MS = 600_000
 const F = FEATURE_COUNT
 const IDX = (name: string) => FEATURE_NAMES.indexOf(name)
 const I_KV = IDX('kv.last')
 const I_KV_D30 = IDX('kv.d30')
 const I_WAIT = IDX('waiting.last')
+const I_WAIT_D30 = IDX('waiting.d30')
 const I_PRE = IDX('preemptions.last')
 const I_MEM = IDX('memFrac.last')
 const I_MEM_D30 = IDX('memFrac.d30')
@@ -95,13 +113,13 @@ const I_QDRAIN = IDX('queueDrain')
 export class PredictiveDetector {
   readonly store: TelemetryStore
   private readonly extractor: FeatureExtractor
-  private readonly baselines: Baselines
+  private baselines: Baselines
   private readonly fallbackName: BaselineName
   private readonly ecc = new EccHistory()
   private readonly hw = new Float32Array(4)
   private readonly net = new Float32Array(4)
   private readonly onError: (code: string, message: string) => void
-  private readonly tracker: OnsetTracker
+  private tracker: OnsetTracker
   private pool: ForecastPool | null = null
   private startPool: (() => void) | null = null
   private current: ModelArtifacts | null = null
@@ -110,7 +128,14 @@ export class PredictiveDetector {
   private reason: string | null = 'model loading'
   private ticks = 0
   private failuresInARow = 0
+  private suspensions = 0
+  private retryAt = 0
+  private readonly retryAfterMs: number
   private raised = new Set<string>()
+  private pending: PendingAlarm[] = []
+  private alarmsRight = 0
+  private alarmsWrong = 0
+  private lastT = 0
   private fallbackTicks = 0
   private closed = false
   private online: OnlineTrainer | null = null
@@ -123,9 +148,20 @@ export class PredictiveDetector {
     this.baselines = new Baselines(store, slo)
     this.tracker = new OnsetTracker({ slo })
     this.fallbackName = options.fallback ?? 'threshold'
-    this.onError = options.onError ?? (() => {})
+    this.retryAfterMs = options.retryAfterMs ?? BACKOFF_MS
+    const onError = options.onError ?? (() => {})
+    // The host's callback may throw; that must not become a rejection nobody handles.
+    this.onError = (code, message) => {
+      try {
+        onError(code, message)
+      } catch {
+        // reported nowhere else: the host asked for this callback and it failed
+      }
+    }
     const model = options.model === undefined ? DEFAULT_MODEL_DIR : options.model
-    this.ready = this.load(model, options)
+    this.ready = this.load(model, options).catch((err: unknown) =>
+      this.toFallback('VLLM_MONITOR_MODEL_LOAD', `model not loaded: ${(err as Error).message}`),
+    )
   }
 
   private async load(model: string | ModelArtifacts | null, o: PredictiveDetectorOptions): Promise<void> {
@@ -136,7 +172,11 @@ export class PredictiveDetector {
     }
     let artifacts: ModelArtifacts
     try {
-      artifacts = typeof model === 'string' ? await loadModelArtifacts(model) : model
+      if (typeof model === 'string') artifacts = await loadModelArtifacts(model)
+      else {
+        checkMeta(model.meta, `"${String(model.meta?.name)}" (passed as artifacts)`)
+        artifacts = model
+      }
     } catch (err) {
       this.toFallback((err as { code?: string }).code ?? 'VLLM_MONITOR_MODEL_LOAD', (err as Error).message)
       return
@@ -155,6 +195,7 @@ export class PredictiveDetector {
           ...(o.threads === undefined ? {} : { threads: o.threads }),
           ...(o.taskTimeoutMs === undefined ? {} : { taskTimeoutMs: o.taskTimeoutMs }),
           ...(o.backend === undefined ? {} : { backend: o.backend }),
+          ...(o.workerFilename === undefined ? {} : { workerFilename: o.workerFilename }),
           onError: (err) =>
             this.onError(
               (err as { code?: string }).code ?? 'VLLM_MONITOR_FORECAST_WORKER',
@@ -172,20 +213,45 @@ export class PredictiveDetector {
     this.meta = artifacts.meta
     this.state = 'ready'
     this.reason = null
+    // Onsets and baselines judge by the SLO the model was trained for, unless told otherwise.
+    if (o.slo === undefined && artifacts.meta.slo !== undefined) {
+      this.baselines = new Baselines(this.store, artifacts.meta.slo)
+      this.tracker = new OnsetTracker({ slo: artifacts.meta.slo })
+    }
     if (o.learning !== undefined && o.learning !== false) {
       const lo = typeof o.learning === 'object' ? o.learning : {}
-      this.online = new OnlineTrainer({
-        getModel: () => this.current ?? artifacts,
-        onSwap: (a) => {
-          this.current = a
-          this.meta = a.meta
-          this.pool?.setModel(a)
-        },
-        ...(lo.intervalMs === undefined ? {} : { intervalMs: lo.intervalMs }),
-        ...(lo.minSamples === undefined ? {} : { minSamples: lo.minSamples }),
-        onError: (err) => this.onError('VLLM_MONITOR_ONLINE_TRAINING', `online retraining: ${err.message}`),
-      })
+      try {
+        this.online = this.newOnlineTrainer(artifacts, lo)
+      } catch (err) {
+        this.onError('VLLM_MONITOR_ONLINE_TRAINING', `online retraining off: ${(err as Error).message}`)
+      }
     }
+  }
+
+  private newOnlineTrainer(
+    artifacts: ModelArtifacts,
+    lo: { intervalMs?: number; minSamples?: number },
+  ): OnlineTrainer {
+    return new OnlineTrainer({
+      getModel: () => this.current ?? artifacts,
+      onSwap: (a) => {
+        this.current = a
+        this.meta = a.meta
+        this.pool?.setModel(a)
+      },
+      ...(lo.intervalMs === undefined ? {} : { intervalMs: lo.intervalMs }),
+      ...(lo.minSamples === undefined ? {} : { minSamples: lo.minSamples }),
+      onError: (err) => this.onError('VLLM_MONITOR_ONLINE_TRAINING', `online retraining: ${err.message}`),
+    })
+  }
+
+  /**
+   * What the mitigation side saw after acting on a prediction, for online retraining: a failure
+   * that `occurred`, one `avoided` (its rows leave training: nobody knows what would have
+   * happened), or a `false-alarm`. Ignored unless `learning` is on.
+   */
+  reportOutcome(outcome: MitigationOutcome): void {
+    this.online?.reportOutcome(outcome)
   }
 
   private toFallback(code: string, message: string): void {
@@ -213,11 +279,6 @@ export class PredictiveDetector {
     }
   }
 
-  /** Failures that started, as seen by the detector's own tracker (fed to online retraining). */
-  observeOnsets(cp: Checkpoint): FailureOnset[] {
-    return this.tracker.observe(cp)
-  }
-
   /**
    * Predictions for every serving replica at the checkpoint's time, from the store's windows.
    * Never rejects: without a model answer, the fallback baseline's predictions come back.
@@ -226,6 +287,8 @@ export class PredictiveDetector {
     this.ticks++
     const targets = forecastTargets(cp)
     const onsets = this.tracker.observe(cp)
+    this.lastT = cp.t
+    this.scoreAlarms(cp.t, onsets)
     const out: Prediction[] = []
     const det = this.meta?.detectors ?? DEFAULT_DETECTORS
     for (const target of targets) {
@@ -236,6 +299,9 @@ export class PredictiveDetector {
     if (targets.length === 0) return out
     const x = new Float32Array(targets.length * F)
     for (let i = 0; i < targets.length; i++) {
+      // One replica per turn of the event loop: a host's requests wait for one replica's features,
+      // never for the whole fleet's.
+      if (i > 0) await yieldTurn()
       const state = cp.engines.find((e) => e.replica === targets[i]!.replica)?.lifecycleState ?? 'SERVING'
       this.extractor.extract(cp.t, targets[i]!, state, x, i * F)
     }
@@ -252,10 +318,13 @@ export class PredictiveDetector {
       this.online.advance(cp.t)
       this.online.maybeRetrain(cp.t)
     }
-    if (this.pool === null && this.startPool !== null && this.state === 'ready' && !this.closed) {
-      this.startPool()
-      this.startPool = null
+    if (this.state === 'suspended' && performance.now() >= this.retryAt && !this.closed) {
+      this.state = 'ready'
+      this.reason = null
+      this.onError('VLLM_MONITOR_FORECAST_WORKER', 'retrying the model after the forecast workers failed')
     }
+    if (this.pool === null && this.startPool !== null && this.state === 'ready' && !this.closed)
+      this.startPool()
     const pool = this.pool
     const meta = this.meta
     // After close() the pool is gone: answer with the baselines, quietly.
@@ -263,22 +332,34 @@ export class PredictiveDetector {
       try {
         const probs = await pool.predict(x, targets.length)
         this.failuresInARow = 0
+        this.suspensions = 0
         out.push(...this.fromProbs(targets, probs, kept, this.online !== null ? F : EVIDENCE_WIDTH, meta))
         return out
       } catch (err) {
+        if (this.closed) return this.fallbackPredictions(cp, targets, out)
+        // A worker still starting (loading tfjs and the model) is not failing: the baseline
+        // answers this tick, quietly, and nothing counts against the model.
+        if (pool.starting) return this.fallbackPredictions(cp, targets, out)
         const code = (err as { code?: string }).code ?? 'VLLM_MONITOR_FORECAST_WORKER'
-        // One crash or timeout is the workers' business (the pool replaces them); failing every
-        // time means the model itself cannot run there: stop trying and say so once.
+        // One crash or timeout is the workers' business (the pool replaces them). Failing again and
+        // again means the model cannot run there now (an overloaded host, a broken backend): set it
+        // aside for a while, doubling the wait each time (30 s .. 10 min), then try again.
         if (++this.failuresInARow >= MAX_FAILURES_IN_A_ROW) {
-          this.toFallback(
-            code,
-            `the forecast workers failed ${this.failuresInARow} times in a row (last: ${(err as Error).message})`,
-          )
+          const waitMs = Math.min(MAX_BACKOFF_MS, this.retryAfterMs * 2 ** this.suspensions++)
+          this.state = 'suspended'
+          this.reason = `the forecast workers failed ${this.failuresInARow} times in a row (last: ${(err as Error).message})`
+          this.retryAt = performance.now() + waitMs
+          this.failuresInARow = 0
+          this.onError(code, `${this.reason}; forecasting with ${this.fallbackName} for ${waitMs / 1000} s`)
           void this.pool?.close()
           this.pool = null
         } else this.onError(code, `${(err as Error).message}; this tick forecast with ${this.fallbackName}`)
       }
     }
+    return this.fallbackPredictions(cp, targets, out)
+  }
+
+  private fallbackPredictions(cp: Checkpoint, targets: ForecastTarget[], out: Prediction[]): Prediction[] {
     this.fallbackTicks++
     for (const target of targets) {
       for (const p of this.baselines.predictions(cp.t, target, cp, this.fallbackName)) {
@@ -344,14 +425,67 @@ export class PredictiveDetector {
       const model = p.model !== 'detector' && p.model !== this.fallbackName
       const thr = p.model === 'detector' ? 0.5 : model ? (thresholds[p.failureType] ?? 0.5) : 1
       const key = `${p.target.replica}|${p.failureType}`
+      // A forecast of a failure already under way says nothing new (the lifecycle says it); the
+      // evaluation does not count those either. Detections are the exception: they are the news.
+      if (
+        p.model !== 'detector' &&
+        p.target.replica !== null &&
+        this.tracker.ongoing(p.failureType, p.target.replica)
+      )
+        return false
       // The model's alarms release below ALARM_RELEASE x threshold, as the evaluation scores them.
       const on =
         p.probability >= thr || (model && this.raised.has(key) && p.probability >= thr * ALARM_RELEASE)
       if (on) raised.add(key)
       return on
     })
+    // A newly raised alarm is scored once its horizon has passed (or its failure has started); a
+    // detection raised while its failure is already under way is right at once.
+    for (const key of raised) {
+      if (this.raised.has(key)) continue
+      const p = out.find((x) => `${x.target.replica}|${x.failureType}` === key)
+      if (p === undefined || p.target.replica === null) continue
+      const minLeadMs = SCORING[p.failureType].minLeadS * 1000
+      if (minLeadMs < 0 && this.tracker.ongoing(p.failureType, p.target.replica)) this.alarmsRight++
+      else if (this.pending.length < 1024)
+        this.pending.push({
+          type: p.failureType,
+          replica: p.target.replica,
+          t: this.lastT,
+          horizonMs: p.horizonS * 1000,
+          minLeadMs,
+        })
+    }
     this.raised = raised
     return out
+  }
+
+  /**
+   * Fraction of the alarms raised so far that came true (a failure of the type on the replica
+   * within the alarm's horizon, with at least its warning time, or detected within it), null
+   * before the first alarm has been scored. The live counterpart of the evaluation's precision.
+   */
+  accuracy(): number | null {
+    const n = this.alarmsRight + this.alarmsWrong
+    return n === 0 ? null : this.alarmsRight / n
+  }
+
+  private scoreAlarms(t: number, onsets: readonly FailureOnset[]): void {
+    if (this.pending.length === 0) return
+    const left: PendingAlarm[] = []
+    for (const a of this.pending) {
+      const hit = onsets.some(
+        (o) =>
+          o.failureType === a.type &&
+          o.replica === a.replica &&
+          o.t >= a.t + a.minLeadMs &&
+          o.t <= a.t + a.horizonMs,
+      )
+      if (hit) this.alarmsRight++
+      else if (t > a.t + a.horizonMs) this.alarmsWrong++
+      else left.push(a)
+    }
+    this.pending = left
   }
 
   close(): Promise<void> {
@@ -365,7 +499,19 @@ export class PredictiveDetector {
 export { SCORING }
 
 // The raw values evidence lines quote, copied out of a row before the row is transferred.
-const EVIDENCE_IDX = [I_KV, I_KV_D30, I_WAIT, I_PRE, I_MEM, I_MEM_D30, I_TEMP, I_TEMP_D60, I_TTFT, I_QDRAIN]
+const EVIDENCE_IDX = [
+  I_KV,
+  I_KV_D30,
+  I_WAIT,
+  I_WAIT_D30,
+  I_PRE,
+  I_MEM,
+  I_MEM_D30,
+  I_TEMP,
+  I_TEMP_D60,
+  I_TTFT,
+  I_QDRAIN,
+]
 const EVIDENCE_WIDTH = EVIDENCE_IDX.length
 
 function keepEvidence(x: Float32Array, rows: number): Float32Array {
@@ -392,10 +538,18 @@ function evidenceFor(type: FailureType, ev: (k: number) => number, full: boolean
     case 'slo-violation':
       return [`TTFT p99 ${(Math.expm1(at(I_TTFT)) * 100).toFixed(0)} ms`]
     case 'queue-overflow':
-      return [`queue drains in ${(at(I_QDRAIN) * 30).toFixed(0)} s at the current completion rate`]
+      return [
+        `${Math.round(Math.expm1(at(I_WAIT)))} waiting (${signedInt(Math.expm1(at(I_WAIT)) - Math.expm1(at(I_WAIT) - at(I_WAIT_D30)))} in 30 s)`,
+        `drains in ${(at(I_QDRAIN) * 30).toFixed(0)} s at the current completion rate`,
+      ]
     default:
       return []
   }
+}
+
+function signedInt(v: number): string {
+  const r = Math.round(v)
+  return r >= 0 ? `+${r}` : String(r)
 }
 
 function round3(v: number): number {

@@ -5,6 +5,13 @@
  * whether to swap. Normalisation stays the model's own: a fine-tune that moved it would silently
  * change what every other row means to the model.
  *
+ * Failures are rare, so live rows are nearly all negative. Two things keep a fine-tune from
+ * learning to say "no failure" everywhere: the positive rows are repeated until they make up
+ * about `positiveShare` of each epoch, as offline training does (train.ts), and the held-back loss
+ * is class-balanced: per head, the mean cross-entropy over the positive rows and the one over the
+ * negative rows count alike, so a model that lowers every probability pays on the positives what
+ * it gains on the negatives. Plain cross-entropy is returned as well, for information.
+ *
  * Training runs here, never on the monitor's thread (forecasting.md §5: 100–400 ms per step would
  * block inference). The pool runs one thread, reniced where the platform allows.
  */
@@ -35,15 +42,30 @@ export interface FineTuneTask {
   epochs: number
   learningRate: number
   batchSize: number
-  /** Seeds the per-epoch shuffle (default: the model's version), so a round can be replayed. */
+  /**
+   * Share of the rows of an epoch that have a positive label on some head after the positive rows
+   * are repeated (0 <= x < 1; default 0.1; 0 = as they come). Rows are only ever added: a share
+   * already above it stays as it is.
+   */
+  positiveShare?: number
+  /** Seeds the repeats and the per-epoch shuffle (default: the model's version), so a round can be replayed. */
   seed?: number
 }
 
 export interface FineTuneResult {
   artifacts: ModelArtifacts
-  /** Mean binary cross-entropy over held-back rows x outputs, before and after. NaN if diverged. */
+  /**
+   * Class-balanced held-back loss, before and after (see `heldLosses`): per head, the mean of the
+   * mean cross-entropy over positive rows and the one over negative rows; averaged over the heads
+   * with a positive held-back row. NaN if the model diverged or no head has a positive.
+   */
   oldLoss: number
   newLoss: number
+  /** Plain mean binary cross-entropy over held-back rows x outputs, before and after (for information). */
+  oldBce: number
+  newBce: number
+  /** Rows of an epoch: training rows plus the repeats of positive rows. */
+  epochRows: number
   /** Live tensors in this worker after the task (for leak checks). */
   numTensors: number
   backend: string
@@ -53,7 +75,10 @@ export interface FineTuneResult {
 const kEpsilon = 1e-7
 const NO = MODEL_OUTPUTS.length
 
-const ready = initBackend((workerData as { backend?: 'auto' | 'wasm' | 'cpu' } | null)?.backend ?? 'auto')
+// tfjs-node only when asked for by name: it is known to fail in worker threads (forecasting.md
+// §4.2; tfjs#2079, #8388), and this is one. 'auto' means wasm, falling back to cpu.
+const asked = (workerData as { backend?: 'auto' | 'wasm' | 'cpu' | 'tensorflow' } | null)?.backend ?? 'auto'
+const ready = initBackend(asked === 'tensorflow' ? 'auto' : asked === 'cpu' ? 'cpu' : 'wasm')
 
 export default async function fineTune(task: FineTuneTask): Promise<FineTuneResult> {
   const backend = await ready
@@ -68,22 +93,22 @@ export default async function fineTune(task: FineTuneTask): Promise<FineTuneResu
   const model = await fromArtifacts(task.model, task.learningRate)
   let out: FineTuneResult
   try {
-    const oldLoss = heldLoss(model, heldX, heldY, task.heldRows)
+    const before = heldLosses(model, heldX, heldY, task.heldRows)
     const rand = mulberry32(task.seed ?? task.model.meta.version)
-    const xs = new Float32Array(x.length)
-    const ys = new Float32Array(task.rows * NO)
-    const order = new Uint32Array(task.rows)
-    for (let i = 0; i < task.rows; i++) order[i] = i
+    const order = epochRows(task.y, task.rows, task.positiveShare ?? 0.1, rand)
+    const n = order.length
+    const xs = new Float32Array(n * FEATURE_COUNT)
+    const ys = new Float32Array(n * NO)
     for (let e = 0; e < task.epochs; e++) {
       // tfjs shuffles with Math.random; a seeded shuffle per epoch makes a round reproducible.
       shuffle(order, rand)
-      for (let i = 0; i < task.rows; i++) {
+      for (let i = 0; i < n; i++) {
         const r = order[i]!
         xs.set(x.subarray(r * FEATURE_COUNT, (r + 1) * FEATURE_COUNT), i * FEATURE_COUNT)
         ys.set(task.y.subarray(r * NO, (r + 1) * NO), i * NO)
       }
-      const xt = tf.tensor2d(xs, [task.rows, FEATURE_COUNT])
-      const yt = tf.tensor2d(ys, [task.rows, NO])
+      const xt = tf.tensor2d(xs, [n, FEATURE_COUNT])
+      const yt = tf.tensor2d(ys, [n, NO])
       try {
         await model.fit(xt, yt, { epochs: 1, batchSize: task.batchSize, shuffle: false, verbose: 0 })
       } finally {
@@ -91,7 +116,7 @@ export default async function fineTune(task: FineTuneTask): Promise<FineTuneResu
         yt.dispose()
       }
     }
-    const newLoss = heldLoss(model, heldX, heldY, task.heldRows)
+    const after = heldLosses(model, heldX, heldY, task.heldRows)
     const old = task.model.meta
     const meta = {
       ...old,
@@ -102,15 +127,27 @@ export default async function fineTune(task: FineTuneTask): Promise<FineTuneResu
         onlineRounds: Number(old.training?.onlineRounds ?? 0) + 1,
         lastRound: {
           rows: task.rows,
+          epochRows: n,
           heldRows: task.heldRows,
-          oldLoss,
-          newLoss,
+          oldLoss: before.balanced,
+          newLoss: after.balanced,
+          oldBce: before.bce,
+          newBce: after.bce,
           at: new Date().toISOString(),
         },
       },
     }
     delete meta.sha256
-    out = { artifacts: await toArtifacts(model, meta), oldLoss, newLoss, numTensors: 0, backend }
+    out = {
+      artifacts: await toArtifacts(model, meta),
+      oldLoss: before.balanced,
+      newLoss: after.balanced,
+      oldBce: before.bce,
+      newBce: after.bce,
+      epochRows: n,
+      numTensors: 0,
+      backend,
+    }
   } finally {
     // compile() hands the model an Adam instance it does not own: LayersModel.dispose() leaves
     // the optimizer's moment variables alive unless they are disposed here.
@@ -141,26 +178,90 @@ function check(t: FineTuneTask): void {
     throw new TypeError('task.batchSize must be a positive integer')
   if (!(t.learningRate > 0) || !Number.isFinite(t.learningRate))
     throw new TypeError('task.learningRate must be a positive number')
+  if (
+    t.positiveShare !== undefined &&
+    !(typeof t.positiveShare === 'number' && t.positiveShare >= 0 && t.positiveShare < 1)
+  )
+    throw new TypeError('task.positiveShare must be a number >= 0 and < 1')
 }
 
-/** Mean binary cross-entropy over rows x outputs, in float64, predicting in chunks. */
-function heldLoss(
+/**
+ * The row indices of an epoch: every training row once, and the rows with a positive label on some
+ * head repeated until they make up about `share` of the whole (as train.ts does offline). Where the
+ * repeats do not divide evenly among the positive rows, `rand` picks which get one more.
+ */
+export function epochRows(y: Float32Array, rows: number, share: number, rand: () => number): Uint32Array {
+  const pos: number[] = []
+  for (let r = 0; r < rows; r++) {
+    let any = false
+    for (let k = 0; k < NO; k++) if (y[r * NO + k]! >= 0.5) any = true
+    if (any) pos.push(r)
+  }
+  const neg = rows - pos.length
+  // Positive rows wanted in all: share = P / (P + neg).
+  const wanted = pos.length === 0 || share <= 0 ? 0 : Math.round((share * neg) / (1 - share))
+  const extra = Math.max(0, wanted - pos.length)
+  const order = new Uint32Array(rows + extra)
+  for (let i = 0; i < rows; i++) order[i] = i
+  if (extra === 0) return order
+  const each = Math.floor(extra / pos.length)
+  let at = rows
+  for (let c = 0; c < each; c++) for (const r of pos) order[at++] = r
+  // The remainder: a seeded partial Fisher-Yates draw without replacement.
+  const rest = extra - each * pos.length
+  for (let i = 0; i < rest; i++) {
+    const j = i + Math.floor(rand() * (pos.length - i))
+    const v = pos[j]!
+    pos[j] = pos[i]!
+    pos[i] = v
+    order[at++] = v
+  }
+  return order
+}
+
+/**
+ * Held-back losses of a model, in float64, predicting in chunks. `bce`: mean binary cross-entropy
+ * over rows x outputs. `balanced`: per head, the mean cross-entropy over its positive rows and the
+ * one over its negative rows, averaged (a head with only one kind counts that kind alone); then the
+ * mean over the heads that have a positive row (NaN when none has). A NaN prediction makes both NaN.
+ */
+function heldLosses(
   model: Parameters<typeof predictRows>[0],
   x: Float32Array,
   y: Float32Array,
   rows: number,
-): number {
+): { balanced: number; bce: number } {
   const chunk = 4096
-  let sum = 0
+  const sum = [new Float64Array(NO), new Float64Array(NO)] as const
+  const count = [new Float64Array(NO), new Float64Array(NO)] as const
+  let total = 0
   for (let r0 = 0; r0 < rows; r0 += chunk) {
     const n = Math.min(chunk, rows - r0)
     const p = predictRows(model, x.subarray(r0 * FEATURE_COUNT, (r0 + n) * FEATURE_COUNT), n)
     for (let i = 0; i < n * NO; i++) {
       const q = Math.min(1 - kEpsilon, Math.max(kEpsilon, p[i]!))
-      sum -= y[r0 * NO + i]! >= 0.5 ? Math.log(q) : Math.log(1 - q)
+      const pos = y[r0 * NO + i]! >= 0.5 ? 1 : 0
+      const l = pos ? -Math.log(q) : -Math.log(1 - q)
+      const k = i % NO
+      sum[pos][k]! += l
+      count[pos][k]!++
+      total += l
     }
   }
-  return sum / (rows * NO)
+  let heads = 0
+  let balanced = 0
+  for (let k = 0; k < NO; k++) {
+    const np = count[1][k]!
+    const nn = count[0][k]!
+    if (np === 0) continue
+    const lp = sum[1][k]! / np
+    balanced += nn === 0 ? lp : (lp + sum[0][k]! / nn) / 2
+    heads++
+  }
+  // A NaN on a head without positives would not reach `balanced` otherwise.
+  if (heads === 0 || Number.isNaN(total)) balanced = Number.NaN
+  else balanced /= heads
+  return { balanced, bce: total / (rows * NO) }
 }
 
 // mulberry32 (Tommy Ettinger, public domain): a small seeded PRNG for the shuffle.

@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs'
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { deserialize, serialize } from 'node:v8'
+import { InvalidOptionError, SimScenarioError } from '../errors.js'
 import { loadTraceCsv, type TraceRow } from '../sim/arrivals.js'
 import { SCENARIO_NAMES } from '../sim/scenarios.js'
 import {
@@ -61,6 +62,8 @@ export interface TrainOptions {
   batchSize?: number
   learningRate?: number
   hidden?: number[]
+  /** L2 penalty on the hidden kernels (default 1e-3). */
+  l2?: number
   seed?: number
   name?: string
   /** Share of rows with a positive label after repeating them (default 0.1; 0 = as they come). */
@@ -80,13 +83,18 @@ export interface TrainResult {
 
 const NO = MODEL_OUTPUTS.length
 /** Bumped when a dataset's content changes for the same scenario and seed: old caches are ignored. */
-const DATASET_VERSION = 3
+const DATASET_VERSION = 4
 
 export async function train(options: TrainOptions): Promise<TrainResult> {
   const scenarios = options.scenarios ?? SUITE
   for (const s of scenarios)
     if (!SCENARIO_NAMES.includes(s))
-      throw new Error(`unknown scenario ${JSON.stringify(s)}; expected some of ${SCENARIO_NAMES.join(', ')}`)
+      throw new SimScenarioError(
+        `unknown scenario ${JSON.stringify(s)}; expected some of ${SCENARIO_NAMES.join(', ')}`,
+      )
+  const share = options.positiveShare ?? 0.1
+  if (!(share >= 0 && share < 1))
+    throw new InvalidOptionError(`positiveShare must be in [0, 1) (got ${share})`)
   const trainSeeds = options.trainSeeds ?? [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 21, 22]
   const valSeeds = options.validationSeeds ?? [11, 12, 13, 14, 15]
   const testSeeds = options.testSeeds ?? [101, 102, 103, 104, 105]
@@ -122,7 +130,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
     let ds: TraceDataset
     if (existsSync(file)) ds = deserialize(await readFile(file)) as TraceDataset
     else {
-      ds = await suiteDataset(j.scenario, j.seed, baseRows)
+      ds = await suiteDataset(j.scenario, j.seed, { rows: baseRows, split: j.split })
       await writeFile(file, serialize(ds))
     }
     sets[j.split].push(ds)
@@ -156,7 +164,6 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
     for (let k = 0; k < NO; k++) any |= y[r * NO + k]!
     if (any) pos.push(r)
   }
-  const share = options.positiveShare ?? 0.1
   const runKey = JSON.stringify({
     scenarios,
     trainSeeds,
@@ -164,6 +171,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
     batchSize,
     lr,
     hidden: options.hidden,
+    l2: options.l2,
     arrivalsTag,
     rows,
     share,
@@ -321,15 +329,43 @@ function normalizedRows(
   return { x: tf.tensor2d(x, [rows, FEATURE_COUNT]), y: tf.tensor2d(y, [rows, NO]) }
 }
 
+/**
+ * The loss early stopping watches: per alarm head (each failure type's scoring horizon), the
+ * class-balanced binary cross-entropy (the mean over positive rows and over negative rows,
+ * averaged), then the mean over heads that have positives. Plain BCE would be ruled by the
+ * frequent SLO and queue labels and stop before the rare OOM head has learned anything.
+ */
 function validationLoss(model: tfl.LayersModel, val: { x: tf.Tensor2D; y: tf.Tensor2D } | null): number {
   if (val === null) return Number.NaN
-  return tf.tidy(() => {
-    const p = tf.clipByValue(model.predict(val.x) as tf.Tensor, 1e-7, 1 - 1e-7)
-    const l = tf.mean(
-      tf.neg(tf.add(tf.mul(val.y, tf.log(p)), tf.mul(tf.sub(1, val.y), tf.log(tf.sub(1, p))))),
-    )
-    return l.dataSync()[0]!
-  })
+  const p = tf.tidy(
+    () => tf.clipByValue(model.predict(val.x) as tf.Tensor, 1e-7, 1 - 1e-7).dataSync() as Float32Array,
+  )
+  const y = val.y.dataSync() as Float32Array
+  const rows = val.y.shape[0]
+  let sum = 0
+  let heads = 0
+  for (const type of FAILURE_TYPES) {
+    const k = alarmHead(type)
+    if (k < 0) continue
+    let pos = 0
+    let posN = 0
+    let neg = 0
+    let negN = 0
+    for (let r = 0; r < rows; r++) {
+      const v = p[r * NO + k]!
+      if (y[r * NO + k]! > 0.5) {
+        pos -= Math.log(v)
+        posN++
+      } else {
+        neg -= Math.log(1 - v)
+        negN++
+      }
+    }
+    if (posN === 0) continue
+    sum += negN === 0 ? pos / posN : (pos / posN + neg / negN) / 2
+    heads++
+  }
+  return heads === 0 ? Number.NaN : sum / heads
 }
 
 async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
@@ -387,8 +423,8 @@ function fitDetector(sets: readonly TraceDataset[], type: FailureType, which: 'h
 
 /**
  * The alarm threshold for a type: among those that keep validation false alarms at or under
- * 1 per replica-hour, the one with the best recall + precision, then median lead; if none does,
- * the one with the fewest false alarms.
+ * 0.5 per replica-hour (half the target, for the margin a few validation runs need), the one with
+ * the best recall + precision, then median lead; if none does, the one with the fewest.
  */
 function chooseThreshold(
   type: FailureType,
@@ -400,7 +436,8 @@ function chooseThreshold(
   let best: { thr: number; key: number[] } | null = null
   for (const thr of THRESHOLDS) {
     const s = scoreDatasets(val, [modelSource('m', meta, probs, { type, threshold: thr })])[ti]!
-    const ok = s.falseAlarmsPerHour <= 1 ? 1 : 0
+    // Half the 1/h target: validation runs are few, and a held-out stretch of traffic differs.
+    const ok = s.falseAlarmsPerHour <= 0.5 ? 1 : 0
     const key = ok
       ? [1, (s.recall ?? 0) + (s.precision ?? 0), s.medianLeadS ?? 0]
       : [0, -s.falseAlarmsPerHour, s.recall ?? 0]
@@ -468,7 +505,7 @@ Labels come from what happened (src/forecast/onsets.ts): a head is positive when
 on the replica within its horizon, or is under way.
 
 ## Features
-Per replica, from the monitor's telemetry store: the last 60 s at 1 s and the last 5 s at 100 ms of
+Per replica, from the monitor's telemetry store: the last 60 s at 1 s (and the freshest 100 ms) of
 KV usage, waiting and running requests, preemptions, prompt and generation token rates, completions,
 TTFT / inter-token / queue-time p99 and the stall clock, fused with the worst of the replica's GPUs for
 memory fraction, temperature, power fraction, SM clock drop, thermal reason bits and corrected-ECC growth;
@@ -479,7 +516,7 @@ memory, so KV pressure enters only through vLLM's own gauges.
 ## Outputs and alarm thresholds
 ${meta.outputs.map((o) => `- P(${o.failureType} within ${o.horizonS} s)`).join('\n')}
 
-| failure type | alarm threshold (validation: best recall at <= 1 false alarm per replica-hour) |
+| failure type | alarm threshold (validation: best recall + precision at <= 0.5 false alarms per replica-hour) |
 |---|---|
 ${thr}
 

@@ -2,7 +2,7 @@
  * The forecast worker: a piscina task handler that runs the forecasting model off the main thread.
  *
  * Tasks (see ForecastTask):
- *   { kind: 'ping' }                                   -> 'pong' (warm-up and health check)
+ *   { kind: 'ping', version?, model? }                 -> 'pong' (warm-up: loads `model` if sent)
  *   { kind: 'predict', version, rows, features, model? } -> Float32Array, rows × outputs, transferred
  *                                                         | { kind: 'need-model', version, features }
  *
@@ -15,6 +15,8 @@
 import { move, workerData } from 'piscina'
 import { FEATURE_COUNT } from './features.js'
 import {
+  compileDense,
+  type DenseForward,
   fromArtifacts,
   initBackend,
   type ModelArtifacts,
@@ -26,6 +28,13 @@ import {
 
 export interface PingTask {
   kind: 'ping'
+  /**
+   * The pool's warm-up sends its current model, so that the first predict neither needs the
+   * 'need-model' round trip nor spends its deadline on the load. Best effort: a model that fails
+   * to load here is left for that predict, which reports the failure.
+   */
+  version?: number
+  model?: ModelArtifacts
 }
 
 export interface PredictTask {
@@ -52,24 +61,49 @@ export interface NeedModel {
 export type ForecastReply = 'pong' | Float32Array | NeedModel
 
 export interface ForecastWorkerData {
-  backend?: 'auto' | 'wasm' | 'cpu'
+  /**
+   * The pool's `backend` option. 'auto' means wasm (cpu when wasm cannot start) here: model.ts's
+   * initBackend('auto') would try @tensorflow/tfjs-node first, which fails in worker threads
+   * (tfjs#2079, tfjs#8388: from the second worker thread on), so only an explicit 'tensorflow'
+   * asks for it (initBackend('auto'): tfjs-node when it loads, else wasm, else cpu).
+   */
+  backend?: 'auto' | 'wasm' | 'cpu' | 'tensorflow'
 }
 
 interface Cached {
   version: number
   model: tfl.LayersModel
   meta: ModelMeta
+  /** The model's Dense stack compiled to loops, or null to predict with tfjs. */
+  fast: DenseForward | null
 }
 
 // Initialised before the handler is exported (top-level await): piscina reports the worker ready
 // only then, and between tasks it parks the thread in Atomics.wait, where a pending backend
 // initialisation would never progress.
-export const backend = await initBackend((workerData as ForecastWorkerData | null)?.backend ?? 'auto')
+export const backend = await initBackend(workerBackend((workerData as ForecastWorkerData | null)?.backend))
+
+/** What the worker asks initBackend for (see ForecastWorkerData.backend). */
+export function workerBackend(requested: ForecastWorkerData['backend'] | undefined): 'auto' | 'wasm' | 'cpu' {
+  switch (requested) {
+    case 'tensorflow':
+      return 'auto'
+    case 'cpu':
+      return 'cpu'
+    default:
+      return 'wasm'
+  }
+}
 
 let cached: Cached | null = null
 
 export default async function handle(task: ForecastTask): Promise<ForecastReply> {
-  if (task?.kind === 'ping') return 'pong'
+  if (task?.kind === 'ping') {
+    const v = task.version
+    if (task.model !== undefined && Number.isSafeInteger(v) && v! >= 1 && cached?.version !== v)
+      await load(v!, task.model).catch(() => {})
+    return 'pong'
+  }
   if (task?.kind !== 'predict')
     throw new TypeError(
       `forecast worker: unknown task kind ${JSON.stringify((task as { kind?: unknown })?.kind)}`,
@@ -89,9 +123,11 @@ export default async function handle(task: ForecastTask): Promise<ForecastReply>
     if (task.model === undefined) return { kind: 'need-model', version, features }
     await load(version, task.model)
   }
-  const { model, meta } = cached!
+  const { model, meta, fast } = cached!
   normalize(features, rows, meta.normalization)
-  const probs = predictRows(model, features, rows)
+  // The model's own forward pass as plain loops where it is a Dense stack (verified against tfjs
+  // when the model loaded), tfjs otherwise.
+  const probs = fast !== null ? fast(features, rows) : predictRows(model, features, rows)
   // move() transfers the whole underlying buffer: copy a view so that only the result leaves.
   const own = probs.byteOffset === 0 && probs.byteLength === probs.buffer.byteLength ? probs : probs.slice()
   // The pool receives the Float32Array itself; move() only wraps it for the transfer.
@@ -103,5 +139,5 @@ async function load(version: number, artifacts: ModelArtifacts): Promise<void> {
   cached = null
   old?.model.dispose()
   const model = await fromArtifacts(artifacts)
-  cached = { version, model, meta: artifacts.meta }
+  cached = { version, model, meta: artifacts.meta, fast: compileDense(model) }
 }

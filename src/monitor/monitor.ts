@@ -56,7 +56,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
   readonly predictiveDetector: PredictiveDetector | null = null
   private forecastInFlight = false
   private alarming = new Set<string>()
-  private lastForecastT = Number.NEGATIVE_INFINITY
+  private lastForecastSlot = Number.NEGATIVE_INFINITY
   private readonly now: () => number
   private readonly startWall = performance.now()
   private readonly sources: TelemetrySource[] = []
@@ -282,6 +282,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       autoMitigate: this.options.autoMitigate,
       uptimeMs: this.now(),
       urls: this.replicaUrls,
+      predictionAccuracy: this.predictiveDetector?.accuracy() ?? null,
     })
   }
 
@@ -375,7 +376,8 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       }
       if (cp !== null) {
         this.safeEmit('checkpoint', cp)
-        this.forecast(cp)
+        // Not on the final tick of close(): it would start workers only to stop them.
+        if (!final) this.forecast(cp)
       }
     } catch (err) {
       this.reportError(
@@ -392,10 +394,13 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
    */
   private forecast(cp: Checkpoint): void {
     const d = this.predictiveDetector
-    if (d === null || this.forecastInFlight || cp.t - this.lastForecastT < this.options.forecast.intervalMs)
-      return
+    const every = this.options.forecast.intervalMs
+    // On the forecast grid (whole seconds by default), as the model's training rows were taken:
+    // the first checkpoint at or after each grid point, skipped while the last is still running.
+    const slot = Math.floor(cp.t / every)
+    if (d === null || this.forecastInFlight || slot <= this.lastForecastSlot) return
     this.forecastInFlight = true
-    this.lastForecastT = cp.t
+    this.lastForecastSlot = slot
     d.analyzeCheckpoint(cp)
       .then((preds) => {
         if (this.closed) return
@@ -507,6 +512,8 @@ export interface StatusContext {
   autoMitigate: boolean
   uptimeMs: number
   urls: Map<string, string>
+  /** Alarms that came true / alarms scored (predictive detector), null before the first. */
+  predictionAccuracy?: number | null
 }
 
 /** Builds `getStatus()` from a checkpoint (shared with replay). */
@@ -557,7 +564,7 @@ export function statusOf(core: MonitorCore, cp: Checkpoint | null, ctx: StatusCo
     avgStepDurationMs: stepN > 0 ? stepSum / stepN : null,
     mitigationInProgress: false,
     mitigationsTriggered: 0,
-    predictionAccuracy: null,
+    predictionAccuracy: ctx.predictionAccuracy ?? null,
     predictiveEnabled: ctx.predictive,
     learningEnabled: ctx.learning,
     autoMitigate: ctx.autoMitigate,

@@ -103,8 +103,9 @@ export const monitorOptionsSchema = z
         /** Forecast worker threads. */
         threads: z.number().int().min(1).max(16).default(1),
         /** A forecast task running longer is abandoned (its worker replaced); the baselines answer. */
-        taskTimeoutMs: z.number().int().min(10).default(1000),
-        backend: z.enum(['auto', 'wasm', 'cpu']).default('auto'),
+        taskTimeoutMs: z.number().int().min(10).max(600_000).default(1000),
+        /** 'auto' runs wasm (cpu if wasm cannot start); 'tensorflow' asks for @tensorflow/tfjs-node in the worker. */
+        backend: z.enum(['auto', 'wasm', 'cpu', 'tensorflow']).default('auto'),
         /** The baseline that answers while the model cannot. */
         fallback: z.enum(['predict_linear', 'threshold']).default('threshold'),
         slo: z

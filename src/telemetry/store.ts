@@ -64,7 +64,7 @@ export const GPU_SIGNALS = [
   'smClockMhz',
   'memoryTotalBytes',
   'powerLimitWatts',
-  /** 1 while a thermal slowdown reason (SW 0x20, HW 0x40, HW thermal 0x8... see THERMAL_REASONS_MASK) is set, else 0. */
+  /** 1 while a thermal reason bit (THERMAL_REASONS_MASK) is set, else 0. */
   'thermalThrottle',
   'eccCorrectedVolatile',
   'eccUncorrectedVolatile',
@@ -72,8 +72,9 @@ export const GPU_SIGNALS = [
 export type GpuSignal = (typeof GPU_SIGNALS)[number]
 
 /**
- * nvmlClocksEventReasons bits that mean heat: SW thermal slowdown (0x20), HW thermal slowdown
- * (0x40) and HW slowdown (0x8, raised for thermal and power-brake reasons alike).
+ * nvmlClocksEventReasons bits that may mean heat: SW thermal slowdown (0x20), HW thermal slowdown
+ * (0x40), and HW slowdown (0x8), which NVML raises for thermal and power-brake events alike: the
+ * core's DEGRADED rule counts it the same way, so a power brake reads as thermal here too.
  */
 export const THERMAL_REASONS_MASK = 0x20 | 0x40 | 0x8
 
@@ -244,7 +245,7 @@ export class Series {
   }
 }
 
-// Counter baseline layout: the previous reading's totals (NaN = unknown). The first five are
+// Counter baseline layout: the previous reading's totals (NaN = unknown). The first six are
 // plain counters turned into rates; then (sum, count) pairs of the four latency histograms.
 const kRateCounters = 6
 const kHistograms = 4

@@ -126,8 +126,8 @@ describe('scoreDatasets', () => {
     expect(s).toMatchObject({ predicted: 1, leadsS: [50], alarms: 2, trueAlarms: 2, falseAlarms: 0 })
   })
 
-  it('does not count an alarm with less than the minimal lead as a prediction, nor as a false alarm', () => {
-    // kv-exhaustion needs 5 s of warning.
+  it('counts an alarm with less than the minimal lead as neither a prediction nor a true alarm', () => {
+    // kv-exhaustion needs 5 s of warning: an alarm 2 s ahead claimed [203, 320] and was wrong.
     const { ds, source, raise } = build({ seconds: 400, onsets: [['kv-exhaustion', 'r0', 200]] })
     raise('kv-exhaustion', [198])
     expect(scoreOf(ds, source, 'kv-exhaustion')).toMatchObject({
@@ -137,8 +137,8 @@ describe('scoreDatasets', () => {
       leadsS: [],
       medianLeadS: null,
       alarms: 1,
-      trueAlarms: 1,
-      falseAlarms: 0,
+      trueAlarms: 0,
+      falseAlarms: 1,
     })
   })
 
@@ -170,10 +170,26 @@ describe('scoreDatasets', () => {
     })
   })
 
-  it('counts a long alarm episode as one false alarm, however long it lasts', () => {
+  it('counts a long alarm episode as one claim per horizon, so holding an alarm is not free', () => {
+    // queue-overflow's horizon is 30 s: 10..300 s is ten claims.
     const { ds, source, raise } = build({ seconds: 400 })
     raise('queue-overflow', range(10, 300))
-    expect(scoreOf(ds, source, 'queue-overflow')).toMatchObject({ alarms: 1, falseAlarms: 1 })
+    expect(scoreOf(ds, source, 'queue-overflow')).toMatchObject({ alarms: 10, falseAlarms: 10 })
+  })
+
+  it('counts only the claims of a long episode that the failure falls in as true', () => {
+    // kv-exhaustion (horizon 120 s), alarm on from 0 to 599 s, onset at 700 s: claims [0,119],
+    // [120,239], ... [480,599]; only the last covers 700 (480 + 5 <= 700 <= 599 + 120).
+    const { ds, source, raise } = build({ seconds: 800, onsets: [['kv-exhaustion', 'r0', 700]] })
+    raise('kv-exhaustion', range(0, 599))
+    expect(scoreOf(ds, source, 'kv-exhaustion')).toMatchObject({
+      failures: 1,
+      predicted: 1,
+      leadsS: [120],
+      alarms: 5,
+      trueAlarms: 1,
+      falseAlarms: 4,
+    })
   })
 
   it('scores each failure type against its own onsets only', () => {

@@ -16,12 +16,13 @@ import {
 import {
   type FineTuneResult,
   type FineTuneTask,
+  HELD_BACK_BLOCK_ROWS,
   OnlineTrainer,
   type OnlineTrainerOptions,
   type RoundResult,
 } from '../../src/forecast/online.js'
 import { FAILURE_TYPES, MODEL_OUTPUTS } from '../../src/forecast/spec.js'
-import fineTune from '../../src/forecast/train-worker.js'
+import fineTune, { epochRows } from '../../src/forecast/train-worker.js'
 
 const NO = MODEL_OUTPUTS.length
 const KV = FAILURE_TYPES.indexOf('kv-exhaustion')
@@ -58,9 +59,21 @@ function row(id: number, fill = 0): Float32Array {
   return f
 }
 const none = new Uint8Array(FAILURE_TYPES.length)
+const kv = new Uint8Array(FAILURE_TYPES.length)
+kv[KV] = 1
+const B = HELD_BACK_BLOCK_ROWS
+/** Row ids of the padding replica start here; sentLabels leaves them out. */
+const PAD_ID = 1_000_000
 
-/** A trainer whose rounds record the task instead of running it; every 2nd row is held back. */
-function capturing(options: Partial<OnlineTrainerOptions> = {}): { t: OnlineTrainer; tasks: FineTuneTask[] } {
+/**
+ * A trainer whose rounds record the task instead of running it; every 2nd block is held back.
+ * With `pad`, a replica 'pad' first files 2 blocks at t = 0 with a KV exhaustion under way
+ * throughout, so that a round has held-back rows with failures in them: B rows in each buffer.
+ */
+function capturing(
+  options: Partial<OnlineTrainerOptions> = {},
+  pad = true,
+): { t: OnlineTrainer; tasks: FineTuneTask[] } {
   const tasks: FineTuneTask[] = []
   const t = trainer({
     minSamples: 1,
@@ -72,10 +85,31 @@ function capturing(options: Partial<OnlineTrainerOptions> = {}): { t: OnlineTrai
     onError: () => {},
     ...options,
   })
+  if (pad) for (let i = 0; i < 2 * B; i++) t.observe(0, 'pad', row(PAD_ID + i), kv)
   return { t, tasks }
 }
 
-/** The labels the last round sent, by row id: training rows, held-back rows, and both. */
+/** Files `blocks` blocks of replica 'a', one row a second; KV exhaustion under way where `positive`. */
+function feedBlocks(t: OnlineTrainer, blocks: number, positive: (s: number) => boolean): void {
+  for (let s = 0; s < blocks * B; s++) t.observe(s * 1000, 'a', row(s), positive(s) ? kv : none)
+  t.advance(blocks * B * 1000 + 200_000)
+}
+
+/** A worker's answer with the given losses. */
+function answer(artifacts: ModelArtifacts, oldLoss: number, newLoss: number): FineTuneResult {
+  return {
+    artifacts,
+    oldLoss,
+    newLoss,
+    oldBce: 0.1,
+    newBce: 0.1,
+    epochRows: 1,
+    numTensors: 0,
+    backend: 'cpu',
+  }
+}
+
+/** The labels the last round sent, by row id (padding left out): training rows, held-back rows, and both. */
 async function sentLabels(t: OnlineTrainer, tasks: FineTuneTask[]) {
   const r = await t.retrain()
   const task = tasks.at(-1)
@@ -85,7 +119,7 @@ async function sentLabels(t: OnlineTrainer, tasks: FineTuneTask[]) {
       Array.from({ length: rows }, (_, r) => [
         x[r * FEATURE_COUNT]!,
         Array.from(y.subarray(r * NO, (r + 1) * NO)),
-      ]),
+      ]).filter(([id]) => (id as number) < PAD_ID) as [number, number[]][],
     )
   const train = pick(task.x, task.y, task.rows)
   const held = pick(task.heldX, task.heldY, task.heldRows)
@@ -138,7 +172,7 @@ describe('labelling', () => {
     t.observe(1000, 'a', row(2, 0.99), none)
     t.reportOutcome({ t: 5_000, replica: 'a', failureType: 'kv-exhaustion', outcome: 'false-alarm' })
     t.advance(200_000)
-    expect(t.stats()).toMatchObject({ trainRows: 1, heldRows: 1, dropped: 0 })
+    expect(t.stats()).toMatchObject({ trainRows: B + 2, heldRows: B, dropped: 0 })
     const { all } = await sentLabels(t, tasks)
     expect(all.get(1)).toEqual(new Array(NO).fill(0))
     expect(all.get(2)).toEqual(new Array(NO).fill(0))
@@ -165,7 +199,7 @@ describe('labelling', () => {
     t.reportOutcome({ t: 8_000, replica: 'a', failureType: 'kv-exhaustion', outcome: 'avoided' })
     t.advance(200_000)
     const { all } = await sentLabels(t, tasks)
-    expect(t.stats()).toMatchObject({ dropped: 8, trainRows: 6, heldRows: 6 })
+    expect(t.stats()).toMatchObject({ dropped: 8, trainRows: B + 12, heldRows: B })
     // 108 is covered but positive on every KV head anyway; 109 comes after the outcome's t.
     expect([...all.keys()].filter((id) => id < 200).sort()).toEqual([108, 109])
     expect(all.get(108)![head('kv-exhaustion', 5)]).toBe(1)
@@ -174,24 +208,45 @@ describe('labelling', () => {
 })
 
 describe('buffers', () => {
-  it('holds back every 5th labelled row of each replica', async () => {
-    const { t, tasks } = capturing({ heldBackEvery: 5 })
-    for (let s = 0; s < 10; s++)
-      for (const [k, r] of ['a', 'b'].entries()) t.observe(s * 1000, r, row(k * 100 + s), none)
+  it('holds back every 5th block of 60 consecutive labelled rows of each replica', async () => {
+    expect(B).toBe(60)
+    const { t, tasks } = capturing({ heldBackEvery: 5 }, false)
+    // 'b' starts 30 s after 'a': its blocks count its own rows.
+    for (let s = 0; s < 630; s++) {
+      if (s < 600) t.observe(s * 1000, 'a', row(s), kv)
+      if (s >= 30) t.observe(s * 1000, 'b', row(10_000 + s), kv)
+    }
     t.advance(1_000_000)
-    expect(t.stats()).toMatchObject({ trainRows: 16, heldRows: 4 })
+    expect(t.stats()).toMatchObject({ trainRows: 2 * 480, heldRows: 2 * 120 })
     const { held } = await sentLabels(t, tasks)
-    expect([...held.keys()].sort((a, b) => a - b)).toEqual([4, 9, 104, 109])
+    const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i)
+    expect([...held.keys()].sort((a, b) => a - b)).toEqual([
+      ...range(240, 60),
+      ...range(540, 60),
+      ...range(10_270, 60),
+      ...range(10_570, 60),
+    ])
+  })
+
+  it('counts only the rows it files into a block', async () => {
+    const { t, tasks } = capturing({}, false)
+    // Rows 0-9 fall to an 'avoided' outcome: the first block is rows 10-69, the held-back one 70-129.
+    for (let s = 0; s < 130; s++) t.observe(s * 1000, 'a', row(s), kv)
+    t.reportOutcome({ t: 9_000, replica: 'a', failureType: 'oom', outcome: 'avoided' })
+    t.advance(1_000_000)
+    expect(t.stats()).toMatchObject({ dropped: 10, trainRows: 60, heldRows: 60 })
+    const { held } = await sentLabels(t, tasks)
+    expect(Math.min(...held.keys())).toBe(70)
   })
 
   it('keeps at most maxRows labelled rows, dropping the oldest', async () => {
-    const { t, tasks } = capturing({ heldBackEvery: 5, maxRows: 10 })
-    for (let s = 0; s < 30; s++) t.observe(s * 1000, 'a', row(s), none)
+    const { t, tasks } = capturing({ heldBackEvery: 2, maxRows: 100 }, false)
+    for (let s = 0; s < 4 * B; s++) t.observe(s * 1000, 'a', row(s), kv)
     t.advance(1_000_000)
-    expect(t.stats()).toMatchObject({ trainRows: 8, heldRows: 2 })
+    expect(t.stats()).toMatchObject({ trainRows: 50, heldRows: 50 })
     const { train, held } = await sentLabels(t, tasks)
-    expect([...train.keys()]).toEqual([20, 21, 22, 23, 25, 26, 27, 28])
-    expect([...held.keys()]).toEqual([24, 29])
+    expect([...train.keys()]).toEqual(Array.from({ length: 50 }, (_, i) => 130 + i))
+    expect([...held.keys()]).toEqual(Array.from({ length: 50 }, (_, i) => 190 + i))
   })
 })
 
@@ -203,7 +258,7 @@ describe('rounds', () => {
     for (let s = 0; s < 10; s++) t.observe(s * 1000, 'a', row(s), none)
     t.advance(1_000_000)
     const r = await t.retrain()
-    expect(r).toMatchObject({ swapped: false, reason: 'not enough labelled rows (8 < 256)', oldLoss: null })
+    expect(r).toMatchObject({ swapped: false, reason: 'not enough labelled rows (10 < 256)', oldLoss: null })
     expect(runTask).not.toHaveBeenCalled()
     expect(onRound).toHaveBeenCalledWith(r)
     expect(t.stats().rounds).toBe(0)
@@ -214,12 +269,12 @@ describe('rounds', () => {
     const onSwap = vi.fn()
     const t = trainer({
       minSamples: 4,
+      heldBackEvery: 2,
       onError,
       onSwap,
       runTask: () => Promise.reject(new Error('worker exited (code 1)')),
     })
-    for (let s = 0; s < 10; s++) t.observe(s * 1000, 'a', row(s), none)
-    t.advance(1_000_000)
+    feedBlocks(t, 2, (s) => s % B === 30)
     const r = await t.retrain()
     expect(r).toMatchObject({ swapped: false, reason: 'online retraining failed: worker exited (code 1)' })
     expect(r.error).toBeInstanceOf(ForecastWorkerError)
@@ -231,17 +286,22 @@ describe('rounds', () => {
   it('runs one round at a time and retrains on the interval', async () => {
     let release!: (r: FineTuneResult) => void
     const runTask = vi.fn(() => new Promise<FineTuneResult>((res) => (release = res)))
-    const t = trainer({ minSamples: 4, intervalMs: 60_000, runTask, onSwap: () => {} })
-    for (let s = 0; s < 10; s++) t.observe(s * 1000, 'a', row(s), none)
-    t.advance(1_000_000)
+    const t = trainer({ minSamples: 4, heldBackEvery: 2, intervalMs: 60_000, runTask, onSwap: () => {} })
+    feedBlocks(t, 2, (s) => s % B === 30)
     expect(t.maybeRetrain(0)).toBeNull()
     expect(t.maybeRetrain(59_999)).toBeNull()
     const first = t.maybeRetrain(60_000)
     expect(first).not.toBeNull()
     expect(t.retrain()).toBe(first)
     const artifacts = { ...untrained, meta: { ...untrained.meta, version: 2 } }
-    release({ artifacts, oldLoss: 0.5, newLoss: 0.4, numTensors: 0, backend: 'cpu' })
-    expect((await first)!).toMatchObject({ swapped: true, version: 2 })
+    release(answer(artifacts, 0.5, 0.4))
+    expect((await first)!).toMatchObject({
+      swapped: true,
+      version: 2,
+      oldLoss: 0.5,
+      newLoss: 0.4,
+      oldBce: 0.1,
+    })
     expect(runTask).toHaveBeenCalledTimes(1)
     expect(t.maybeRetrain(100_000)).toBeNull()
   })
@@ -251,20 +311,71 @@ describe('rounds', () => {
     const onSwap = vi.fn()
     const t = trainer({
       minSamples: 4,
+      heldBackEvery: 2,
       getModel: () => model,
       onSwap,
       runTask: async (task) => {
         model = { ...untrained }
-        return { artifacts: task.model, oldLoss: 1, newLoss: 0.1, numTensors: 0, backend: 'cpu' }
+        return answer(task.model, 1, 0.1)
       },
     })
-    for (let s = 0; s < 10; s++) t.observe(s * 1000, 'a', row(s), none)
-    t.advance(1_000_000)
+    feedBlocks(t, 2, (s) => s % B === 30)
     expect(await t.retrain()).toMatchObject({
       swapped: false,
       reason: 'the model was replaced while the round ran',
     })
     expect(onSwap).not.toHaveBeenCalled()
+  })
+
+  it('refuses a round whose held-back rows hold no failure, before running it', async () => {
+    const runTask = vi.fn()
+    const t = trainer({ minSamples: 4, heldBackEvery: 2, runTask })
+    // Failures only in the training block (rows 0-59); the held-back block 60-119 is all negative.
+    feedBlocks(t, 2, (s) => s >= 10 && s < 20)
+    expect(t.stats()).toMatchObject({ trainRows: B, heldRows: B })
+    expect(await t.retrain()).toMatchObject({
+      swapped: false,
+      reason: 'no failure in the held-back rows: nothing to judge a new model on',
+      oldLoss: null,
+      newLoss: null,
+    })
+    expect(runTask).not.toHaveBeenCalled()
+    expect(t.stats()).toMatchObject({ rounds: 0, refusals: 0 })
+  })
+
+  it('refuses a model whose held-back loss is not finite', async () => {
+    const onSwap = vi.fn()
+    const t = trainer({
+      minSamples: 4,
+      heldBackEvery: 2,
+      onSwap,
+      runTask: async (task) => answer({ ...task.model }, 0.7, Number.NaN),
+    })
+    feedBlocks(t, 2, (s) => s % B === 30)
+    expect(await t.retrain()).toMatchObject({
+      swapped: false,
+      reason: 'held-back loss is not finite (0.7000 -> NaN): kept the current model',
+    })
+    expect(onSwap).not.toHaveBeenCalled()
+    expect(t.stats()).toMatchObject({ rounds: 1, refusals: 1 })
+  })
+
+  it('sends positiveShare and the balanced losses through', async () => {
+    const tasks: FineTuneTask[] = []
+    const t = trainer({
+      minSamples: 4,
+      heldBackEvery: 2,
+      positiveShare: 0.25,
+      runTask: async (task) => {
+        tasks.push(task)
+        return { ...answer({ ...task.model }, 0.6, 0.7), oldBce: 0.2, newBce: 0.1 }
+      },
+    })
+    feedBlocks(t, 2, (s) => s % B === 30)
+    const r = await t.retrain()
+    expect(tasks[0]!.positiveShare).toBe(0.25)
+    expect(r).toMatchObject({ swapped: false, oldLoss: 0.6, newLoss: 0.7, oldBce: 0.2, newBce: 0.1 })
+    expect(r.reason).toBe('held-back loss would rise from 0.6000 to 0.7000: kept the current model')
   })
 
   it('swaps in a better model and refuses a worse one, with the real worker', async () => {
@@ -306,10 +417,12 @@ describe('rounds', () => {
       t.advance(420_000)
     }
     feed(good)
+    // Blocks 0-3 of each replica (240 rows) train, block 4 is held back; about half of it positive.
     expect(good.stats()).toMatchObject({ trainRows: 480, heldRows: 120 })
     const r1 = await good.retrain()
     expect(r1).toMatchObject({ swapped: true, version: 2 })
     expect(r1.newLoss!).toBeLessThan(r1.oldLoss! / 2)
+    expect(r1.newBce!).toBeLessThan(r1.oldBce!)
     expect(swaps).toHaveLength(1)
     expect(model.meta.version).toBe(2)
     expect(model.meta.normalization).toEqual(untrained.meta.normalization)
@@ -328,6 +441,41 @@ describe('rounds', () => {
     expect(model.meta.version).toBe(2)
     expect(wild.stats()).toMatchObject({ rounds: 1, swaps: 0, refusals: 1 })
     expect(rounds).toEqual([r1, r2])
+    expect(onError).not.toHaveBeenCalled()
+  })
+
+  it('refuses a round that only lowers every probability, though plain cross-entropy falls', async () => {
+    expect(existsSync(builtWorker), 'run `npm run build:ts` first').toBe(true)
+    const onSwap = vi.fn()
+    const onError = vi.fn()
+    const t = trainer({
+      onSwap,
+      onError,
+      minSamples: 100,
+      heldBackEvery: 2,
+      epochs: 3,
+      batchSize: 32,
+      learningRate: 3e-3,
+    })
+    // Blocks 0 and 2 train, all negative; blocks 1 and 3 are held back, with 10 failing rows each.
+    const f = new Float32Array(FEATURE_COUNT)
+    for (let s = 0; s < 4 * B; s++) {
+      const held = Math.floor(s / B) % 2 === 1
+      const on = held && s % B < 10
+      for (let j = 0; j < FEATURE_COUNT; j++) f[j] = Math.sin(s * 7 + j)
+      t.observe(s * 1000, 'a', f, on ? kv : none)
+    }
+    t.advance(10_000_000)
+    expect(t.stats()).toMatchObject({ trainRows: 2 * B, heldRows: 2 * B })
+    const r = await t.retrain()
+    expect(r.swapped).toBe(false)
+    // Mean cross-entropy alone would have swapped this model in.
+    expect(r.newBce!).toBeLessThan(r.oldBce!)
+    expect(r.newLoss!).toBeGreaterThan(r.oldLoss!)
+    expect(r.reason).toBe(
+      `held-back loss would rise from ${r.oldLoss!.toFixed(4)} to ${r.newLoss!.toFixed(4)}: kept the current model`,
+    )
+    expect(onSwap).not.toHaveBeenCalled()
     expect(onError).not.toHaveBeenCalled()
   })
 })
@@ -360,6 +508,41 @@ describe('train worker', () => {
     expect(new Float32Array(b.artifacts.weights)).toEqual(new Float32Array(a.artifacts.weights))
     expect(a.artifacts.meta.version).toBe(untrained.meta.version + 1)
     await expect(fineTune({ ...task(), rows: 0 })).rejects.toThrow('task.rows must be a positive integer')
+    await expect(fineTune({ ...task(), positiveShare: 1 })).rejects.toThrow(
+      'task.positiveShare must be a number >= 0 and < 1',
+    )
+  })
+
+  it('repeats positive rows to about positiveShare of an epoch, the same way for the same seed', () => {
+    // 3 positive rows (on different heads) among 100.
+    const rows = 100
+    const y = new Float32Array(rows * NO)
+    for (const [r, k] of [
+      [5, 0],
+      [40, NO - 1],
+      [77, 3],
+    ] as const)
+      y[r * NO + k] = 1
+    const seeded = (seed: number) => {
+      let a = seed
+      return () => {
+        a = (a * 1103515245 + 12345) & 0x7fffffff
+        return a / 0x80000000
+      }
+    }
+    const a = epochRows(y, rows, 0.1, seeded(1))
+    // 97 negatives: round(0.1 x 97 / 0.9) = 11 positive rows in all, so 8 repeats.
+    expect(a.length).toBe(rows + 8)
+    expect(Array.from(a.subarray(0, rows))).toEqual(Array.from({ length: rows }, (_, i) => i))
+    const extra = Array.from(a.subarray(rows))
+    expect(extra.every((r) => [5, 40, 77].includes(r))).toBe(true)
+    // 8 = 2 each + 2 drawn: every positive row 3 or 4 times in all.
+    for (const r of [5, 40, 77]) expect([2, 3]).toContain(extra.filter((v) => v === r).length)
+    expect(Array.from(epochRows(y, rows, 0.1, seeded(1)))).toEqual(Array.from(a))
+    expect(epochRows(y, rows, 0, seeded(1)).length).toBe(rows)
+    expect(epochRows(new Float32Array(rows * NO), rows, 0.5, seeded(1)).length).toBe(rows)
+    // Already above the share: nothing is repeated, nothing dropped.
+    expect(epochRows(y, 10, 0.05, seeded(1)).length).toBe(10)
   })
 })
 
@@ -371,6 +554,13 @@ describe('options', () => {
       [{ intervalMs: -1 }, 'OnlineTrainer: option "intervalMs" must be an integer >= 0'],
       [{ minSamples: 0.5 }, 'OnlineTrainer: option "minSamples" must be an integer >= 1'],
       [{ heldBackEvery: 1 }, 'OnlineTrainer: option "heldBackEvery" must be an integer >= 2'],
+      [{ positiveShare: 1 }, 'OnlineTrainer: option "positiveShare" must be a number >= 0 and < 1'],
+      [{ positiveShare: -0.1 }, 'OnlineTrainer: option "positiveShare" must be a number >= 0 and < 1'],
+      [{ positiveShare: Number.NaN }, 'OnlineTrainer: option "positiveShare" must be a number >= 0 and < 1'],
+      [
+        { positiveShare: '0.1' as never },
+        'OnlineTrainer: option "positiveShare" must be a number >= 0 and < 1',
+      ],
       [{ learningRate: 0 }, 'OnlineTrainer: option "learningRate" must be a positive number'],
       [{ runTask: 'x' as never }, 'OnlineTrainer: option "runTask" must be a function'],
     ]

@@ -1,5 +1,6 @@
 // The pool runs the compiled worker (dist/forecast/worker.js) and fixtures built on it:
 // run `npm run build:ts` first.
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { valueSymbol } from 'piscina'
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
@@ -128,6 +129,10 @@ describe('ForecastPool', () => {
 
   it('times out a stuck task with ForecastTimeoutError and serves the next predict from a fresh worker', async () => {
     const pool = open({ workerFilename: fixture('hang-worker.mjs'), taskTimeoutMs: 1_000 })
+    // The deadline covers a worker's start: wait for it, so that a busy host cannot fail the test.
+    const started = () =>
+      vi.waitFor(() => expect(pool.starting).toBe(false), { timeout: 10_000, interval: 50 })
+    await started()
     const x = rowsOf(2)
     expectClose(await pool.predict(x.slice(), 2), inProcess(modelA, x, 2))
 
@@ -138,9 +143,39 @@ describe('ForecastPool', () => {
     expect((err as Error).message).toBe('forecast task ran past its 1000 ms deadline')
     expect(pool.healthy).toBe(false)
 
+    await started()
     expectClose(await pool.predict(x.slice(), 2), inProcess(modelA, x, 2))
     expect(pool.healthy).toBe(true)
     expect(pool.stats).toMatchObject({ tasks: 3, failures: 0, timeouts: 1, restarts: 1 })
+  })
+
+  it('ends a predict at its deadline while the worker starts, and lets the worker finish starting', async () => {
+    const errors: Error[] = []
+    const pool = open({
+      workerFilename: fixture('slow-start-worker.mjs'),
+      taskTimeoutMs: 300,
+      onError: (e) => errors.push(e),
+    })
+    expect(pool.starting).toBe(true)
+    const x = rowsOf(2)
+    const t0 = performance.now()
+    const err = await pool.predict(x.slice(), 2).catch((e: unknown) => e)
+    const waited = performance.now() - t0
+    expect(err).toBeInstanceOf(ForecastTimeoutError)
+    expect((err as Error).message).toBe('forecast worker still starting after 300 ms')
+    // Not the 1.5 s start (timers may run late on a busy host, never early).
+    expect(waited).toBeGreaterThanOrEqual(290)
+    expect(waited).toBeLessThan(1_000)
+    // Starting is not failing: the worker was neither terminated nor marked unhealthy.
+    expect(pool.healthy).toBe(true)
+    expect(pool.stats).toEqual({ tasks: 0, failures: 0, timeouts: 1, restarts: 0 })
+
+    await vi.waitFor(() => expect(pool.starting).toBe(false), { timeout: 10_000, interval: 50 })
+    // The warm-up loaded the model too: the predict is the run alone, well within 300 ms.
+    expectClose(await pool.predict(x.slice(), 2), inProcess(modelA, x, 2))
+    expect(pool.stats).toEqual({ tasks: 1, failures: 0, timeouts: 1, restarts: 0 })
+    expect(pool.healthy).toBe(true)
+    expect(errors).toEqual([])
   })
 
   it('rejects the task of a worker that exits with ForecastWorkerError, then recovers', async () => {
@@ -236,7 +271,7 @@ describe('ForecastPool', () => {
       { taskTimeoutMs: Number.POSITIVE_INFINITY },
       'options.taskTimeoutMs must be a positive number of milliseconds',
     ],
-    ['backend', { backend: 'webgl' as 'cpu' }, 'options.backend must be one of auto, wasm, cpu'],
+    ['backend', { backend: 'webgl' as 'cpu' }, 'options.backend must be one of auto, wasm, cpu, tensorflow'],
     [
       'workerFilename',
       { workerFilename: '/nonexistent/worker.js' },
@@ -253,6 +288,12 @@ describe('ForecastPool', () => {
     expect(() => new ForecastPool({ model: artifactsA, ...options })).toThrow(InvalidOptionError)
   })
 
+  it('accepts the tensorflow backend, and predicts on wasm or cpu where tfjs-node does not load', async () => {
+    const pool = open({ backend: 'tensorflow' })
+    const x = rowsOf(2)
+    expectClose(await pool.predict(x.slice(), 2), inProcess(modelA, x, 2))
+  })
+
   it('accepts a file: URL as the worker filename', async () => {
     const pool = open({ workerFilename: new URL('../fixtures/forecast/garbage-worker.mjs', import.meta.url) })
     await expect(pool.predict(rowsOf(1), 1)).rejects.toBeInstanceOf(ForecastWorkerError)
@@ -267,6 +308,29 @@ describe('ForecastPool', () => {
     await expect(first).resolves.toBeUndefined()
     await expect(pool.predict(x.slice(), 1)).rejects.toThrow(new ForecastWorkerError('forecast pool closed'))
     expect(pool.healthy).toBe(false)
+  })
+
+  it('reports nothing through onError for predicts that the close rejects', async () => {
+    const errors: Error[] = []
+    const onError = (e: Error) => errors.push(e)
+    const starting = open({ workerFilename: fixture('slow-start-worker.mjs'), onError })
+    const waiting = starting.predict(rowsOf(1), 1).catch((e: unknown) => e)
+    const hanging = open({ workerFilename: fixture('hang-worker.mjs'), taskTimeoutMs: 500, onError })
+    await vi.waitFor(() => expect(hanging.starting).toBe(false), { timeout: 10_000, interval: 50 })
+    await hanging.predict(rowsOf(1), 1)
+    const stuck = rowsOf(1)
+    stuck[0] = kMarker
+    const running = hanging.predict(stuck, 1).catch((e: unknown) => e)
+
+    await Promise.all([starting.close(), hanging.close()])
+    for (const err of [await waiting, await running]) {
+      expect(err).toBeInstanceOf(ForecastWorkerError)
+      expect((err as Error).message).toBe('forecast pool closed')
+    }
+    await expect(starting.predict(rowsOf(1), 1)).rejects.toThrow('forecast pool closed')
+    await expect(hanging.predict(rowsOf(1), 1)).rejects.toThrow('forecast pool closed')
+    await sleep(200)
+    expect(errors).toEqual([])
   })
 
   it('lets a predict already sent to a worker finish when it closes', async () => {
@@ -299,6 +363,36 @@ describe('the forecast worker', () => {
   it('answers a ping with pong', async () => {
     const { default: handle } = await load()
     expect(await handle({ kind: 'ping' })).toBe('pong')
+  })
+
+  it('loads the model a ping carries, so that the first predict needs no round trip', async () => {
+    const { default: handle } = await load()
+    expect(await handle({ kind: 'ping', version: 43, model: artifactsB })).toBe('pong')
+    const x = rowsOf(2)
+    const reply = await handle({ kind: 'predict', version: 43, rows: 2, features: x.slice() })
+    expectClose((reply as unknown as Record<symbol, Float32Array>)[valueSymbol]!, inProcess(modelB, x, 2))
+  })
+
+  it('leaves a model that fails to load at warm-up for the predict to report', async () => {
+    const { default: handle } = await load()
+    const broken = { ...artifactsB, weights: new ArrayBuffer(4) }
+    expect(await handle({ kind: 'ping', version: 44, model: broken })).toBe('pong')
+    const x = rowsOf(1)
+    expect(await handle({ kind: 'predict', version: 44, rows: 1, features: x })).toEqual({
+      kind: 'need-model',
+      version: 44,
+      features: x,
+    })
+  })
+
+  it('never asks for tfjs-node unless the backend is explicitly tensorflow', async () => {
+    const { workerBackend } = await load()
+    expect(workerBackend(undefined)).toBe('wasm')
+    expect(workerBackend('auto')).toBe('wasm')
+    expect(workerBackend('wasm')).toBe('wasm')
+    expect(workerBackend('cpu')).toBe('cpu')
+    // initBackend('auto'): tfjs-node when it loads, else wasm, else cpu.
+    expect(workerBackend('tensorflow')).toBe('auto')
   })
 
   it('asks for the model of a version it does not hold, handing the features back', async () => {

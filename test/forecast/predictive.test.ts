@@ -7,6 +7,7 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { loadModelArtifacts, type ModelMeta, saveModel } from '../../src/forecast/model-io.js'
 import { OnsetTracker, type TimedLabel } from '../../src/forecast/onsets.js'
@@ -211,6 +212,13 @@ describe('PredictiveDetector with the shipped model over a kv-exhaustion run', (
     }
   })
 
+  it('scores its own alarms as they come true: the kv-exhaustion alarm before the failure counts as right', () => {
+    const accuracy = run.detector.accuracy()
+    expect(accuracy).not.toBeNull()
+    expect(accuracy!).toBeGreaterThan(0)
+    expect(accuracy!).toBeLessThanOrEqual(1)
+  })
+
   it('alarms only on each failure type at its scoring horizon', () => {
     const all = run.ticks.flatMap((t) => t.alarms)
     expect(all.length).toBeGreaterThan(0)
@@ -268,11 +276,14 @@ describe('PredictiveDetector without a model', () => {
       expect(m, p!.evidence[0]).not.toBeNull()
       expect(Number(m![1])).toBeGreaterThanOrEqual(1)
     }
-    // Every alarm of a baseline is a firing rule.
-    for (const t of run.ticks)
-      expect(t.alarms.filter((p) => p.model !== 'detector')).toEqual(
-        t.predictions.filter((p) => p.model !== 'detector'),
-      )
+    // Every alarm of a baseline is a firing rule; before any failure is under way, every firing
+    // rule is an alarm (afterwards a forecast of what already happened raises none).
+    for (const t of run.ticks) {
+      const firingRules = t.predictions.filter((p) => p.model !== 'detector')
+      const alarms = t.alarms.filter((p) => p.model !== 'detector')
+      expect(firingRules).toEqual(expect.arrayContaining(alarms))
+      if (t.cp.t < run.onsetT - 30_000) expect(alarms).toEqual(firingRules)
+    }
   })
 
   it("answers with the threshold rules when they are the fallback, naming them as the predictions' model", async () => {
@@ -370,5 +381,42 @@ describe('PredictiveDetector.close()', () => {
     }
     expect(run.errors).toEqual([])
     expect(run.detector.status().reason ?? '').not.toMatch(/failed/)
+  })
+})
+
+describe('PredictiveDetector when the forecast workers keep failing', () => {
+  const broken = fileURLToPath(new URL('../fixtures/forecast/load-error-worker.mjs', import.meta.url))
+
+  it('answers every tick with the baselines, then sets the model aside and retries it after a pause', async () => {
+    const run = await replay({ model: DEFAULT_MODEL_DIR, fallback: 'predict_linear' }, 25_000)
+    const cp = run.ticks.at(-1)!.cp
+    await run.detector.close()
+    const { detector, errors } = open({
+      model: DEFAULT_MODEL_DIR,
+      workerFilename: broken,
+      taskTimeoutMs: 2_000,
+      retryAfterMs: 300,
+      fallback: 'predict_linear',
+    })
+    await detector.ready
+    // Each failing tick is still answered, by the baseline.
+    for (let i = 0; i < 3; i++) {
+      const predictions = await detector.analyzeCheckpoint(cp)
+      expect(predictions.some((p) => p.model === 'detector')).toBe(true)
+      expect(predictions.every((p) => p.model === 'detector' || p.model === 'predict_linear')).toBe(true)
+    }
+    expect(detector.status()).toMatchObject({ state: 'suspended', model: null })
+    expect(detector.status().reason).toMatch(/failed 3 times in a row/)
+    expect(errors.some((e) => /for 0\.3 s$/.test(e.message))).toBe(true)
+    // While suspended no worker is tried.
+    const before = errors.length
+    await detector.analyzeCheckpoint(cp)
+    expect(errors.length).toBe(before)
+    // After the pause the model is tried again; failing again doubles the pause.
+    await new Promise((r) => setTimeout(r, 350))
+    for (let i = 0; i < 3; i++) await detector.analyzeCheckpoint(cp)
+    expect(errors.some((e) => /retrying the model/.test(e.message))).toBe(true)
+    expect(errors.some((e) => /for 0\.6 s$/.test(e.message))).toBe(true)
+    expect(detector.status().state).toBe('suspended')
   })
 })

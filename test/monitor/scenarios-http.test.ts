@@ -48,7 +48,7 @@ interface Run {
   hangAfterMs?: number
 }
 
-async function run(name: FaultType, o: Run): Promise<Harness> {
+async function run(name: FaultType | 'kv-surge', o: Run): Promise<Harness> {
   const sc = scenario(name, { replicas: 2 })
   const faults = (sc.fleet.faults ?? []).map((f) => ({ ...f, ...o.params }) as FaultSpecInput)
   return startHarness({

@@ -121,8 +121,7 @@ describe('SimFleet', () => {
       }
       return out
     }
-    const options = (seed: number) =>
-      scenario('kv-surge', { seed, load: 'poisson', ratePerReplica: 8 }).fleet
+    const options = (seed: number) => scenario('kv-surge', { seed, load: 'poisson', ratePerReplica: 8 }).fleet
 
     it('gives identical engine and GPU readings at the same instants for the same seed', () => {
       const a = sample(options(7))
