@@ -107,13 +107,15 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const key = `${e.replica}|${String(e.data?.failureType)}`
       if (!firstForecast.has(key)) firstForecast.set(key, e)
     }
-    for (const e of firstForecast.values())
-      out(`  ${(e.t / 1000).toFixed(1).padStart(6)}s  ${e.replica}  monitor: ${e.message}`)
-    for (const tr of transitions.filter((x) => x.to === 'DEGRADED' || x.to === 'ERROR')) {
-      out(
-        `  ${(tr.t / 1000).toFixed(1).padStart(6)}s  ${tr.replica}  monitor: ${tr.from} -> ${tr.to} (${tr.reason})`,
-      )
-    }
+    // What the monitor said, in time order: its first forecast of each failure, then what it saw.
+    const said: Array<{ t: number; line: string }> = [...firstForecast.values()].map((e) => ({
+      t: e.t,
+      line: `${e.replica}  monitor: ${e.message}`,
+    }))
+    for (const tr of transitions.filter((x) => x.to === 'DEGRADED' || x.to === 'ERROR'))
+      said.push({ t: tr.t, line: `${tr.replica}  monitor: ${tr.from} -> ${tr.to} (${tr.reason})` })
+    said.sort((a, b) => a.t - b.t)
+    for (const s of said) out(`  ${(s.t / 1000).toFixed(1).padStart(6)}s  ${s.line}`)
     out('At the end:')
     for (const r of m.getStatus().replicas) out(`  ${r.replica}  ${r.lifecycleState}: ${r.reason}`)
   } else {

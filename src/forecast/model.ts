@@ -216,12 +216,9 @@ export function compileDense(model: tfl.LayersModel): DenseForward | null {
         }
         for (let j = 0; j < od; j++) {
           const z = dst[j]!
-          // biome-ignore lint/complexity/useMathMinMax: a branch, not a call, in the innermost loop
           dst[j] =
             act === 'relu'
-              ? z > 0
-                ? z
-                : 0
+              ? Math.max(z, 0)
               : act === 'sigmoid'
                 ? 1 / (1 + Math.exp(-z))
                 : act === 'tanh'

@@ -539,8 +539,8 @@ function evidenceFor(type: FailureType, ev: (k: number) => number, full: boolean
       return [`TTFT p99 ${(Math.expm1(at(I_TTFT)) * 100).toFixed(0)} ms`]
     case 'queue-overflow':
       return [
-        `${Math.round(Math.expm1(at(I_WAIT)))} waiting (${signedInt(Math.expm1(at(I_WAIT)) - Math.expm1(at(I_WAIT) - at(I_WAIT_D30)))} in 30 s)`,
-        `drains in ${(at(I_QDRAIN) * 30).toFixed(0)} s at the current completion rate`,
+        `${Math.round(Math.expm1(at(I_WAIT)))} waiting (${signedInt(Math.expm1(at(I_WAIT)) - Math.expm1(at(I_WAIT) - at(I_WAIT_D30)))} in 30 s), drain ${(at(I_QDRAIN) * 30).toFixed(0)} s`,
+        `KV cache ${pct(at(I_KV))} (${signed(at(I_KV_D30) * 100)} pts in 30 s)`,
       ]
     default:
       return []

@@ -40,6 +40,35 @@ describe('vllm-monitor demo', () => {
   }, 60_000)
 })
 
+describe('npm start (the demo with the shipped model)', () => {
+  it('forecasts the KV exhaustion and the OOM with a probability and a time to failure before they happen', async () => {
+    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' }
+    // The suite runs monitors on the baselines (vitest.config.ts); the demo as users run it does not.
+    delete env.VLLM_MONITOR_MODEL
+    const { stdout } = await exec(
+      process.execPath,
+      [cli, 'demo', '--duration', '6', '--speed', '40', '--plain', '--no-real-gpu'],
+      { timeout: 60_000, env },
+    )
+    const summary = stdout.slice(stdout.indexOf('Ground truth vs what the monitor saw'))
+    const at = (re: RegExp) => {
+      const m = summary.match(re)
+      expect(m, `${re} in\n${summary}`).not.toBeNull()
+      return Number(m![1])
+    }
+    const kvFailure = at(/(\d+\.\d)s {2}r0 {2}kv-exhaustion failure/)
+    const oomFailure = at(/(\d+\.\d)s {2}r1 {2}gpu-oom-cotenant failure/)
+    const kvForecast = at(
+      /(\d+\.\d)s {2}r0 {2}monitor: kv-exhaustion predicted within 120 s \(p 0\.\d\d, failure in ~\d+ s; forecaster-v\d+\): KV cache/,
+    )
+    const oomForecast = at(
+      /(\d+\.\d)s {2}r1 {2}monitor: oom predicted within 120 s \(p [01]\.\d\d.*forecaster-v\d+\)/,
+    )
+    expect(kvFailure - kvForecast).toBeGreaterThanOrEqual(5)
+    expect(oomFailure - oomForecast).toBeGreaterThanOrEqual(5)
+  }, 60_000)
+})
+
 describe('vllm-monitor sim --fast and replay', () => {
   it('writes a simulator trace and replays it to the failure', async () => {
     const trace = join(dir, 'xid79.jsonl.gz')

@@ -200,7 +200,9 @@ function best(f: () => unknown): number {
 }
 
 /**
- * Linear, not worse: the 1 MB input must not cost 30x the 100 KB one (quadratic costs 100x).
+ * Linear, not worse: the 1 MB input must not cost 50x the 100 KB one (quadratic costs 100x;
+ * linear costs 10x, and up to about 30x when the small input stays in cache and the large one
+ * meets a collection on a busy 2-core host).
  * Below 5 ms at 1 MB the ratio is noise and is not checked.
  */
 function expectLinear(
@@ -215,7 +217,7 @@ function expectLinear(
   const tLarge = best(() => f(large))
   expect(tLarge, `${label}: ${tLarge.toFixed(1)} ms for 1 MB`).toBeLessThan(boundMs)
   if (tLarge > 5)
-    expect(tLarge / tSmall, `${label}: ${tSmall.toFixed(2)} ms -> ${tLarge.toFixed(1)} ms`).toBeLessThan(30)
+    expect(tLarge / tSmall, `${label}: ${tSmall.toFixed(2)} ms -> ${tLarge.toFixed(1)} ms`).toBeLessThan(50)
 }
 
 const repeat = (unit: string, n: number) => unit.repeat(Math.ceil(n / unit.length)).slice(0, n)
