@@ -1,13 +1,16 @@
 /**
  * The live forecaster: at each forecast tick it reads every serving replica's features from the
- * telemetry store (main thread, no allocation beyond the task's own buffer), sends them to the
- * worker pool as one batched, transferred task, and turns the probabilities into predictions
- * with a time to failure and the evidence behind them. Hardware and network detectors run here:
- * they are a handful of multiply-adds.
+ * telemetry store on the main thread (into the task's own buffer, one replica per turn of the
+ * event loop; the extraction itself allocates nothing), sends them to the worker pool as one
+ * batched, transferred task, and turns the probabilities into predictions with a time to failure
+ * and the evidence behind them (those objects and strings are the tick's allocations). Hardware
+ * and network detectors run here: they are a handful of multiply-adds.
  *
- * Whenever the model cannot answer (still loading, refused at load, a worker crashed or a task ran
- * past its deadline) the tick is answered by the baselines instead, and the failure becomes an
- * error entry: the monitor never goes without predictions and never waits on a worker.
+ * Whenever the model cannot answer (still loading, refused at load, a worker crashed, still
+ * starting, or a task ran past its deadline) the tick is answered by the baselines instead, and a
+ * failure becomes an error entry: the monitor never goes without predictions and never waits on a
+ * worker longer than `taskTimeoutMs`. Failing three times in a row sets the model aside for 30 s
+ * (doubling up to 10 min) before it is tried again.
  *
  * With `learning` on, every tick's feature rows also feed the online trainer (online.ts), which
  * labels them from what happens next and fine-tunes the model in its own worker.
