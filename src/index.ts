@@ -75,6 +75,40 @@ export type { Report } from './forecast/report.js'
 export { DEFAULT_SLO, FAILURE_TYPES, MODEL_OUTPUTS, SCORING, type SloOptions } from './forecast/spec.js'
 export { SUITE } from './forecast/suite.js'
 export type { TrainOptions, TrainProgress, TrainResult } from './forecast/train.js'
+export {
+  createHttpHandler,
+  expressMiddleware,
+  fastifyPlugin,
+  honoMiddleware,
+  PRIORITY_HEADER,
+  type VllmContext,
+} from './gateway/adapters/index.js'
+export {
+  AdmissionController,
+  type AdmissionOptions,
+  AdmissionRejectedError,
+  type AdmissionState,
+} from './gateway/admission.js'
+export {
+  Gateway,
+  type GatewayOptions,
+  type GatewayReplica,
+  type ReplicaRequestStats,
+  RequestHandle,
+} from './gateway/gateway.js'
+export { Gradient2Limit } from './gateway/gradient2.js'
+export { type OutcomeKind, type PickerOptions, ReplicaPicker } from './gateway/picker.js'
+export { GatewayProxy, type GatewayProxyOptions, type GatewayUpstream } from './gateway/proxy.js'
+export type {
+  AdmissionActuator,
+  Permit,
+  Priority,
+  Rejection,
+  RejectReason,
+  ReplicaView,
+  RequestObservation,
+} from './gateway/types.js'
+export { type WrapOptions, wrap } from './gateway/wrap.js'
 export { addonAvailable, probeNvml } from './gpu/native.js'
 export {
   type NvidiaSmiOptions,

@@ -5,6 +5,7 @@ import { openGpuSource } from '../gpu/source.js'
 import { SCENARIO_NAMES } from '../sim/scenarios.js'
 import { runDemo } from './demo.js'
 import { registerForecast } from './forecast.js'
+import { registerGateway } from './gateway.js'
 import { addLoadOptions, loadFromCli } from './load.js'
 import { registerPrestartupCheck } from './prestartup.js'
 import { runRecord } from './record.js'
@@ -182,6 +183,7 @@ registerPrestartupCheck(program)
 registerForecast(program)
 registerRun(program)
 registerWatch(program)
+registerGateway(program)
 program.parseAsync().catch((err: unknown) => {
   if (err instanceof VllmMonitorError) {
     console.error(`vllm-monitor: ${err.message} (${err.code})`)

@@ -11,6 +11,8 @@ import { toExportJson } from '../export/json.js'
 import { MonitorMetrics } from '../export/registry.js'
 import { writePrometheusTextfile } from '../export/textfile.js'
 import { PredictiveDetector } from '../forecast/predictive.js'
+import { Gateway, type GatewayOptions } from '../gateway/gateway.js'
+import { type WrapOptions, wrap } from '../gateway/wrap.js'
 import { GpuReadingSource } from '../gpu/reading-source.js'
 import { SimGpuSource } from '../sim/gpu-source.js'
 import type {
@@ -54,6 +56,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
    * attached to the checkpoints that follow each forecast tick.
    */
   readonly predictiveDetector: PredictiveDetector | null = null
+  private gatewayInstance: Gateway | null = null
   private forecastInFlight = false
   private alarming = new Set<string>()
   private lastForecastSlot = Number.NEGATIVE_INFINITY
@@ -255,6 +258,31 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       this.schedule()
     }, delay)
     this.timer.unref()
+  }
+
+  /**
+   * The request-path gateway over this monitor's replicas: admission (adaptive concurrency limit,
+   * priority queue, 429 + Retry-After), replica picking from each checkpoint (KV, queue,
+   * staleness, lifecycle, forecast risk) and request telemetry fed back as events. Created on the
+   * first call, with these options; later calls return the same one.
+   */
+  gateway(options: Partial<Omit<GatewayOptions, 'push' | 'now'>> = {}): Gateway {
+    if (this.gatewayInstance !== null) return this.gatewayInstance
+    const replicas = options.replicas ?? [...this.replicaUrls].map(([name, url]) => ({ name, url }))
+    const g = new Gateway({ ...options, replicas, push: (r) => this.push(r), now: this.now })
+    this.on('checkpoint', (cp) => g.refresh(cp))
+    if (this.core.checkpoint !== null) g.refresh(this.core.checkpoint)
+    this.gatewayInstance = g
+    return g
+  }
+
+  /**
+   * `client` (an OpenAI client, or any engine-like object) behind this monitor's gateway: every
+   * call to its request methods is admitted (or refused with an AdmissionRejectedError), timed
+   * and its tokens counted; the object's behaviour and types are otherwise unchanged.
+   */
+  wrap<T extends object>(client: T, options?: WrapOptions): T {
+    return wrap(this.gateway(), client, options)
   }
 
   /** Adds a record from outside (a custom source, a replay). */
