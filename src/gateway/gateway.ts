@@ -173,6 +173,7 @@ export class Gateway {
   private readonly views = new Map<string, ReplicaView>()
   private readonly stats = new Map<string, ReplicaRequestStats>()
   private readonly active = new Set<RequestHandle>()
+  private readonly autoCapped = new Set<string>()
 
   constructor(options: GatewayOptions) {
     if (!Array.isArray(options?.replicas) || options.replicas.length === 0)
@@ -237,8 +238,36 @@ export class Gateway {
       // Before the monitor's first look a replica is unknown, not down: keep routing to it.
       if (e.reading !== null) v.serving = e.lifecycleState === 'SERVING' || e.lifecycleState === 'DEGRADED'
       v.risk = risk.get(e.replica) ?? 0
+      this.followQueue(
+        e.replica,
+        e.stale ? null : (e.reading?.requestsWaiting ?? null),
+        e.reading?.requestsRunning ?? null,
+      )
     }
     this.picker.update([...this.views.values()])
+  }
+
+  /**
+   * Queue-aware admission: while vLLM reports requests waiting in its own queue, more admitted
+   * requests only wait there (their time to first token growing with every one), so the replica
+   * is capped at what it is running; the cap is lifted once its queue is empty. The adaptive
+   * limit reacts to latency, which an LLM request only shows after its whole generation: this
+   * reacts at the next scrape. A cap set by anything else (a mitigation) is left alone.
+   */
+  private followQueue(replica: string, waiting: number | null, running: number | null): void {
+    const st = this.admission.state(replica)
+    const mine = this.autoCapped.has(replica)
+    if (!mine && st.cap !== null) return
+    if (waiting !== null && waiting > 0 && running !== null && running > 0) {
+      const limit = Math.max(1, Math.min(st.adaptiveLimit, running))
+      if (!mine || st.cap !== limit) {
+        this.admission.cap(replica, limit, `vLLM queue: ${waiting} waiting`)
+        this.autoCapped.add(replica)
+      }
+    } else if (mine) {
+      this.admission.release(replica)
+      this.autoCapped.delete(replica)
+    }
   }
 
   /**

@@ -81,6 +81,25 @@ describe('Gateway', () => {
     expect([...picks]).toEqual(['b'])
   })
 
+  it("caps a replica at what it runs while vLLM's own queue is not empty, and lifts the cap when it is", () => {
+    const gw = new Gateway({ replicas })
+    const withQueue = (waiting: number, running: number) => {
+      const a = snapshot('a', { waiting })
+      a.reading!.requestsRunning = running
+      return checkpoint([a, snapshot('b')])
+    }
+    gw.refresh(withQueue(7, 12))
+    expect(gw.admission.state('a')).toMatchObject({ cap: 12, capReason: 'vLLM queue: 7 waiting' })
+    expect(gw.admission.state('b').cap).toBeNull()
+    gw.refresh(withQueue(0, 12))
+    expect(gw.admission.state('a').cap).toBeNull()
+    // A cap someone else set (a mitigation) is theirs to lift.
+    gw.admission.cap('a', 3, 'ReduceBatchSize')
+    gw.refresh(withQueue(5, 12))
+    gw.refresh(withQueue(0, 12))
+    expect(gw.admission.state('a')).toMatchObject({ cap: 3, capReason: 'ReduceBatchSize' })
+  })
+
   it('does not route to a replica that is not serving, and answers 503 when none is', async () => {
     const gw = new Gateway({ replicas })
     gw.refresh(
