@@ -25,6 +25,8 @@ export interface DemoOptions {
   /** Use the host's NVML when present (default true). */
   realGpu: boolean
   load: LoadCliOptions
+  /** Forecaster model directory, or 'none' (default: the shipped one). */
+  model?: string
 }
 
 export async function runDemo(o: DemoOptions): Promise<number> {
@@ -48,6 +50,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     scrapeIntervalMs: Math.max(20, Math.round(100 / Math.min(o.speed, 5))),
     checkpointIntervalMs: 100,
     now,
+    ...(o.model === undefined ? {} : { forecast: { model: o.model === 'none' ? null : o.model } }),
   })
   const m = monitor
   await m.ready

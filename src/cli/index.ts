@@ -45,6 +45,10 @@ const demo = program
   .option('--seed <n>', 'simulator seed', int('--seed'), 1)
   .option('--speed <x>', 'simulated seconds per wall second', positive('--speed'), 4)
   .option('--no-real-gpu', 'use the simulated GPUs even where NVML is present')
+  .option(
+    '--model <dir>',
+    'forecaster model directory (default: the shipped one; "none": the baselines only)',
+  )
   .addOption(scenarioOption('demo'))
 addLoadOptions(demo).action(async (o) => {
   process.exitCode = await runDemo({
@@ -56,6 +60,7 @@ addLoadOptions(demo).action(async (o) => {
     speed: o.speed,
     scenario: o.scenario,
     realGpu: o.realGpu !== false,
+    model: o.model,
   })
 })
 

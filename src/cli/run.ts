@@ -32,6 +32,8 @@ export interface RunCliOptions {
   hangAfterMs?: number
   httpPort?: number
   record?: string
+  /** Forecaster model directory, or 'none'. */
+  model?: string
   json: boolean
   gpu: string
 }
@@ -99,6 +101,10 @@ export function registerRun(program: Command): void {
       'write everything the monitor receives to a trace (JSON Lines; .gz to compress)',
     )
     .option('--json', 'print transitions and supervisor events as JSON lines (on stderr)')
+    .option(
+      '--model <dir>',
+      'forecaster model directory (default: the shipped one; "none": the baselines only)',
+    )
     .option('--gpu <mode>', 'GPU source: auto, nvml, nvidia-smi or none', 'auto')
     .addHelpText(
       'after',
@@ -120,6 +126,7 @@ killed by signal N, 127 when the vLLM command is not found, 126 when it is not e
         hangAfterMs: o.hangAfterMs,
         httpPort: o.httpPort,
         record: o.record,
+        model: o.model,
         json: o.json === true,
         gpu: o.gpu,
       })
@@ -216,6 +223,7 @@ export async function runRun(o: RunCliOptions): Promise<number> {
     ...(http === undefined ? {} : { http }),
     ...(o.hangAfterMs === undefined ? {} : { hangAfterMs: o.hangAfterMs }),
     ...(o.record === undefined ? {} : { record: o.record }),
+    ...(o.model === undefined ? {} : { forecast: { model: o.model === 'none' ? null : o.model } }),
   })
   monitor.on('transition', (replica: string, tr: Transition) =>
     say(`${replica}: ${tr.from} -> ${tr.to} (${tr.reason})`, { kind: 'transition', replica, ...tr }),

@@ -22,6 +22,8 @@ export interface WatchCliOptions {
   hangAfterMs: number
   httpPort?: number
   record?: string
+  /** Forecaster model directory, or 'none'. */
+  model?: string
   gpu: string
   scrapeIntervalMs: number
   staleAfterMs?: number
@@ -90,6 +92,7 @@ export async function runWatch(o: WatchCliOptions): Promise<number> {
     },
     ...(o.staleAfterMs === undefined ? {} : { staleAfterMs: o.staleAfterMs }),
     ...(o.record === undefined ? {} : { record: o.record }),
+    ...(o.model === undefined ? {} : { forecast: { model: o.model === 'none' ? null : o.model } }),
   }
   const monitor = createMonitor(options)
   const urlOf = new Map(replicas.map((r) => [r.name, r.url]))
@@ -237,6 +240,10 @@ export function registerWatch(program: Command): Command {
       int('--http-port'),
     )
     .option('--record <file>', 'also write everything received to a trace (JSON Lines; .gz to compress)')
+    .option(
+      '--model <dir>',
+      'forecaster model directory (default: the shipped one; "none": the baselines only)',
+    )
     .option('--gpu <mode>', "GPU source: auto, nvml, nvidia-smi, none, or a simulator's control URL", 'auto')
     .option('--scrape-interval-ms <ms>', 'scrape period', int('--scrape-interval-ms', 20), 100)
     .option(
@@ -276,6 +283,7 @@ export function registerWatch(program: Command): Command {
         hangAfterMs: o.hangAfterMs,
         httpPort: o.httpPort,
         record: o.record,
+        model: o.model,
         gpu: o.gpu,
         scrapeIntervalMs: o.scrapeIntervalMs,
         staleAfterMs: o.staleAfterMs,

@@ -15,6 +15,7 @@
  * Each rule is kept as the ratio of its value to its limit (it fires at 1), so that the evaluation
  * can also move a baseline's limit until it makes as few false alarms as the model.
  */
+import { FATAL_XIDS } from '../monitor/core.js'
 import { engineKey, gpuKey, type Series, type TelemetryStore } from '../telemetry/store.js'
 import type { Checkpoint, Prediction } from '../telemetry/types.js'
 import type { ForecastTarget } from './features.js'
@@ -23,7 +24,6 @@ import { DEFAULT_SLO, FAILURE_TYPES, type FailureType, SCORING, type SloOptions 
 export const BASELINE_NAMES = ['threshold', 'predict_linear'] as const
 export type BaselineName = (typeof BASELINE_NAMES)[number]
 
-const FATAL_XIDS = new Set([48, 74, 79, 94, 95, 119, 120])
 const K = (t: FailureType) => FAILURE_TYPES.indexOf(t)
 
 /**

@@ -10,6 +10,7 @@
 import { MonitorCore } from '../monitor/core.js'
 import { coreOptionsFromHeader } from '../monitor/replay.js'
 import { loadTraceCsv, type TraceRow } from '../sim/arrivals.js'
+import { createRng } from '../sim/random.js'
 import { runSimulation } from '../sim/run.js'
 import { scenario as namedScenario, type ScenarioOptions } from '../sim/scenarios.js'
 import type { Checkpoint, TelemetryRecord } from '../telemetry/types.js'
@@ -332,16 +333,16 @@ function onsetIndex(ds: TraceDataset): Map<string, number[]> {
 }
 
 /**
- * The trace started at a seed-dependent point (and wrapped around): the simulator's seed only
- * varies the Poisson background, and without this every run would meet the same bursts at the
- * same instants, which a model learns by heart.
+ * The trace started at a point fixed by `key` (scenario and seed), wrapped around: the
+ * simulator's seed only varies the Poisson background, and without this every run would meet
+ * the same bursts at the same instants, which a model learns by heart.
  */
-export function rotateRows(rows: readonly TraceRow[], seed: number): TraceRow[] {
+export function rotateRows(rows: readonly TraceRow[], key: number | string): TraceRow[] {
   if (rows.length < 2) return [...rows]
   const first = rows[0]!.atMs
   const span = rows[rows.length - 1]!.atMs - first
   const gap = span / (rows.length - 1)
-  const cut = Math.floor(mulberry32(seed * 104_729 + 17)() * rows.length)
+  const cut = createRng(`trace-rotation/${key}`).int(rows.length)
   const t0 = rows[cut]!.atMs
   const out: TraceRow[] = []
   for (let i = cut; i < rows.length; i++) out.push({ ...rows[i]!, atMs: rows[i]!.atMs - t0 })
@@ -352,21 +353,7 @@ export function rotateRows(rows: readonly TraceRow[], seed: number): TraceRow[] 
 
 /** 0-120 s, fixed per scenario and seed. */
 export function faultDelayMs(scenario: string, seed: number): number {
-  let h = seed * 31
-  for (let i = 0; i < scenario.length; i++) h = (h * 33 + scenario.charCodeAt(i)) >>> 0
-  return Math.floor(mulberry32(h)() * 120) * 1000
-}
-
-/** A small seeded PRNG (mulberry32): uniform in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
+  return createRng(`fault-delay/${scenario}/${seed}`).int(121) * 1000
 }
 
 export type SuiteSplit = 'train' | 'val' | 'test' | 'all'
@@ -388,7 +375,7 @@ export function traceSegment(rows: readonly TraceRow[], split: SuiteSplit): Trac
 
 /**
  * One run of the standard suite as training and evaluation use it: the scenario over the split's
- * segment of the trace, started at a seed-dependent point, with the faults delayed by an amount
+ * segment of the trace, started at a point that depends on the scenario and the seed, with the faults delayed by an amount
  * fixed per scenario and seed (so a seed is another stretch of traffic and another moment of
  * failure, reproducibly). `bench/forecast-quality` uses the test split.
  */
@@ -400,7 +387,9 @@ export function suiteDataset(
   const rows = traceSegment(options.rows ?? loadTraceCsv(), options.split ?? 'all')
   return datasetFromScenario(scenario, {
     seed,
-    traceRows: rotateRows(rows, seed),
+    // Per scenario and seed: runs sharing a seed would otherwise meet the same bursts, and one
+    // burst would be scored once per scenario.
+    traceRows: rotateRows(rows, `${scenario}/${seed}`),
     // Faults strike at a fixed time in each scenario; the features carry traces of the boot for a
     // minute, and a model would learn "a minute after boot, the KV cache fills" from that alone.
     faultDelayMs: faultDelayMs(scenario, seed),

@@ -12,6 +12,7 @@
  *   RPC timeouts (the V1 engine's symptom of a hung worker), NCCL errors and timeouts, steps
  *   stopped with requests running.
  */
+import { FATAL_XIDS } from '../monitor/core.js'
 import type { Checkpoint, Prediction } from '../telemetry/types.js'
 import type { ForecastTarget } from './features.js'
 
@@ -35,7 +36,6 @@ export const DEFAULT_DETECTORS: DetectorCoefficients = {
   network: { features: [...NETWORK_FEATURES], weights: [3, 2, 6, 1], bias: -5 },
 }
 
-const FATAL_XIDS = new Set([48, 74, 79, 94, 95, 119, 120])
 /**
  * Xids an application causes: 13 graphics engine exception, 31 MMU fault (an illegal address),
  * 43 GPU stopped processing (the context was killed), 45 preemptive cleanup (a process ended).

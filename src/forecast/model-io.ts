@@ -109,7 +109,8 @@ export async function saveModel(dir: string, a: ModelArtifacts): Promise<void> {
   await writeAtomic(join(dir, 'meta.json'), `${JSON.stringify(meta, null, 2)}\n`)
 }
 
-async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
+/** Writes a file through a temporary name and a rename: a reader sees the old file or the new one. */
+export async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
   await writeFile(tmp, data)
   await rename(tmp, path)

@@ -16,6 +16,7 @@
  * A failure stays "under way" until its condition has been clear for `rearmMs`; only then can a
  * new onset of the same type on the same replica be counted.
  */
+import { FATAL_XIDS } from '../monitor/core.js'
 import { THERMAL_REASONS_MASK } from '../telemetry/store.js'
 import type { Checkpoint, FaultLabel, FaultType } from '../telemetry/types.js'
 import { isForecastable } from './features.js'
@@ -53,8 +54,6 @@ const EVENT_FAILURE_TYPE: Record<string, FailureType> = {
 }
 
 const EVENT_DRIVEN: readonly FailureType[] = ['oom', 'hardware-failure', 'network-failure']
-
-const FATAL_XIDS = new Set([48, 74, 79, 94, 95, 119, 120])
 
 export interface OnsetTrackerOptions {
   slo?: SloOptions

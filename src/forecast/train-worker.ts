@@ -15,7 +15,9 @@
  * Training runs here, never on the monitor's thread (forecasting.md §5: 100–400 ms per step would
  * block inference). The pool runs one thread, reniced where the platform allows.
  */
+
 import { workerData } from 'node:worker_threads'
+import { createRng } from '../sim/random.js'
 import { FEATURE_COUNT } from './features.js'
 import {
   fromArtifacts,
@@ -94,14 +96,14 @@ export default async function fineTune(task: FineTuneTask): Promise<FineTuneResu
   let out: FineTuneResult
   try {
     const before = heldLosses(model, heldX, heldY, task.heldRows)
-    const rand = mulberry32(task.seed ?? task.model.meta.version)
-    const order = epochRows(task.y, task.rows, task.positiveShare ?? 0.1, rand)
+    const rng = createRng(`online-round/${task.seed ?? task.model.meta.version}`)
+    const order = epochRows(task.y, task.rows, task.positiveShare ?? 0.1, () => rng.next())
     const n = order.length
     const xs = new Float32Array(n * FEATURE_COUNT)
     const ys = new Float32Array(n * NO)
     for (let e = 0; e < task.epochs; e++) {
       // tfjs shuffles with Math.random; a seeded shuffle per epoch makes a round reproducible.
-      shuffle(order, rand)
+      rng.shuffle(order)
       for (let i = 0; i < n; i++) {
         const r = order[i]!
         xs.set(x.subarray(r * FEATURE_COUNT, (r + 1) * FEATURE_COUNT), i * FEATURE_COUNT)
@@ -262,25 +264,4 @@ function heldLosses(
   if (heads === 0 || Number.isNaN(total)) balanced = Number.NaN
   else balanced /= heads
   return { balanced, bce: total / (rows * NO) }
-}
-
-// mulberry32 (Tommy Ettinger, public domain): a small seeded PRNG for the shuffle.
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-function shuffle(a: Uint32Array, rand: () => number): void {
-  for (let i = a.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1))
-    const v = a[i]!
-    a[i] = a[j]!
-    a[j] = v
-  }
 }

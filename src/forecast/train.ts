@@ -6,20 +6,14 @@
  * checkpointed after every epoch under `<out>/.checkpoint` (weights only: Adam's moments restart).
  */
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { deserialize, serialize } from 'node:v8'
 import { InvalidOptionError, SimScenarioError } from '../errors.js'
 import { loadTraceCsv, type TraceRow } from '../sim/arrivals.js'
+import { createRng } from '../sim/random.js'
 import { SCENARIO_NAMES } from '../sim/scenarios.js'
-import {
-  detectorLabels,
-  labelRows,
-  mulberry32,
-  suiteDataset,
-  type TraceDataset,
-  trainableRows,
-} from './dataset.js'
+import { detectorLabels, labelRows, suiteDataset, type TraceDataset, trainableRows } from './dataset.js'
 import { DEFAULT_DETECTORS, fitLogistic, HARDWARE_FEATURES, NETWORK_FEATURES } from './detectors.js'
 import { scoreDatasets, type TypeScore } from './evaluate.js'
 import { FEATURE_COUNT, FEATURE_SCHEMA_VERSION } from './features.js'
@@ -34,6 +28,7 @@ import {
   tf,
   type tfl,
   toArtifacts,
+  writeAtomic,
 } from './model.js'
 import { alarmHead, modelSource, predictDataset } from './predictors.js'
 import { evaluateRuns } from './report.js'
@@ -83,7 +78,7 @@ export interface TrainResult {
 
 const NO = MODEL_OUTPUTS.length
 /** Bumped when a dataset's content changes for the same scenario and seed: old caches are ignored. */
-const DATASET_VERSION = 4
+const DATASET_VERSION = 5
 
 export async function train(options: TrainOptions): Promise<TrainResult> {
   const scenarios = options.scenarios ?? SUITE
@@ -219,18 +214,13 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   let bestEpoch = typeof state?.bestEpoch === 'number' && startEpoch > 0 ? state.bestEpoch : 0
   // Shuffled here with a seeded generator (tfjs shuffles with Math.random): the same command
   // trains the same model.
-  const rng = mulberry32((options.seed ?? 1) * 7919)
+  const rng = createRng(`training-shuffle/${options.seed ?? 1}`)
   const order = new Uint32Array(total)
   const sx = new Float32Array(total * FEATURE_COUNT)
   const sy = new Float32Array(total * NO)
   for (let e = 0; e < epochs; e++) {
     for (let i = 0; i < total; i++) order[i] = i
-    for (let i = total - 1; i > 0; i--) {
-      const j = Math.floor(rng() * (i + 1))
-      const tmp = order[i]!
-      order[i] = order[j]!
-      order[j] = tmp
-    }
+    rng.shuffle(order)
     // Epochs before a resumed checkpoint still draw their permutation, so a resumed run matches.
     if (e < startEpoch) continue
     for (let i = 0; i < total; i++) {
@@ -366,11 +356,6 @@ function validationLoss(model: tfl.LayersModel, val: { x: tf.Tensor2D; y: tf.Ten
     heads++
   }
   return heads === 0 ? Number.NaN : sum / heads
-}
-
-async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  await writeFile(`${path}.tmp`, data)
-  await rename(`${path}.tmp`, path)
 }
 
 /** Serving rows of the runs that are fit to train on (trainableRows), with their labels. */

@@ -53,7 +53,6 @@ export class RequestHandle {
   private firstAt = Number.NaN
   private firstChunkAt = Number.NaN
   private lastAt = Number.NaN
-  private maxGapMs = 0
   private chunks = 0
   private stalled = false
   private done = false
@@ -87,7 +86,6 @@ export class RequestHandle {
       return
     }
     const gap = t - this.lastAt
-    if (gap > this.maxGapMs) this.maxGapMs = gap
     if (gap > this.gw.stallAfterMs && !this.stalled) {
       this.stalled = true
       this.gw.stall(this, gap)
@@ -150,14 +148,15 @@ export class RequestHandle {
     return this.done
   }
 
-  /** @internal */
-  stats(): { ttftMs: number | null; chunks: number; streamMs: number; maxGapMs: number; stalled: boolean } {
-    return {
-      ttftMs: Number.isNaN(this.firstAt) ? null : this.firstAt - this.startedAt,
-      chunks: this.chunks,
-      streamMs: this.chunks < 2 ? 0 : this.lastAt - this.firstChunkAt,
-      maxGapMs: this.maxGapMs,
-      stalled: this.stalled,
+  /** @internal Folds this request's TTFT and inter-token mean into its replica's statistics. */
+  foldInto(s: ReplicaRequestStats): void {
+    if (!Number.isNaN(this.firstAt)) {
+      const ttft = this.firstAt - this.startedAt
+      s.ttftMs = s.ttftMs === null ? ttft : s.ttftMs + EWMA * (ttft - s.ttftMs)
+    }
+    if (this.chunks > 1) {
+      const gap = (this.lastAt - this.firstChunkAt) / (this.chunks - 1)
+      s.interTokenMs = s.interTokenMs === null ? gap : s.interTokenMs + EWMA * (gap - s.interTokenMs)
     }
   }
 }
@@ -373,13 +372,7 @@ export class Gateway {
     const s = this.stats.get(h.replica)
     if (s === undefined) return
     s.requests++
-    const st = h.stats()
-    if (st.ttftMs !== null)
-      s.ttftMs = s.ttftMs === null ? st.ttftMs : s.ttftMs + EWMA * (st.ttftMs - s.ttftMs)
-    if (st.chunks > 1) {
-      const gap = st.streamMs / (st.chunks - 1)
-      s.interTokenMs = s.interTokenMs === null ? gap : s.interTokenMs + EWMA * (gap - s.interTokenMs)
-    }
+    h.foldInto(s)
     if (typeof usage?.completionTokens === 'number') s.completionTokens += usage.completionTokens
     if (kind !== 'success' && kind !== 'client-error') {
       s.errors++

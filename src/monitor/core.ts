@@ -23,7 +23,7 @@
 import { reportCallbackError } from '../gpu/util.js'
 import { LifecycleMachine } from '../lifecycle/machine.js'
 import { rollUpStates } from '../lifecycle/rollup.js'
-import { nullDerived, TelemetryStore } from '../telemetry/store.js'
+import { nullDerived, TelemetryStore, THERMAL_REASONS_MASK } from '../telemetry/store.js'
 import type {
   Checkpoint,
   Detector,
@@ -102,8 +102,8 @@ const GENERIC_FATAL = new Set(['engine-dead', 'worker-died'])
 const E2E_ENDPOINT = '/v1/completions'
 
 /** Xids that end the application on that GPU (sim-calibration §5). */
-const FATAL_XIDS = new Set([48, 74, 79, 94, 95, 119, 120])
-const THERMAL_REASONS = 0x8 | 0x20 | 0x40
+/** Xids after which the GPU (or its link) is gone or needs a reset: the replica is in ERROR. */
+export const FATAL_XIDS: ReadonlySet<number> = new Set([48, 74, 79, 94, 95, 119, 120])
 const START_CHAIN: LifecycleState[] = ['NOT_STARTED', 'INITIALIZING', 'LOADING_MODEL', 'READY', 'SERVING']
 
 interface ReplicaState {
@@ -588,7 +588,7 @@ export class MonitorCore {
     // A throttled GPU is a cause (slower steps); failing requests and a long queue are its symptoms.
     for (const g of this.gpus.values()) {
       if (g.replica !== r.name || g.clockEventReasons === null) continue
-      if (g.clockEventReasons & THERMAL_REASONS) {
+      if (g.clockEventReasons & THERMAL_REASONS_MASK) {
         return `GPU ${g.gpu} thermal slowdown at ${g.temperatureCelsius ?? '?'} °C (clock ${g.smClockMhz ?? '?'} MHz)`
       }
     }

@@ -121,6 +121,16 @@ export class Rng {
     return Math.floor(this.next() * n)
   }
 
+  /** Shuffles `a` in place (Fisher-Yates), uniformly over its permutations. */
+  shuffle(a: Uint32Array | number[]): void {
+    for (let i = a.length - 1; i > 0; i--) {
+      const j = Math.floor(this.next() * (i + 1))
+      const v = a[i]!
+      a[i] = a[j]!
+      a[j] = v
+    }
+  }
+
   /** A uniform number in [min, max). */
   uniform(min: number, max: number): number {
     if (!(max >= min) || !Number.isFinite(min) || !Number.isFinite(max))

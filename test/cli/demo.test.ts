@@ -69,6 +69,29 @@ describe('npm start (the demo with the shipped model)', () => {
   }, 60_000)
 })
 
+describe('vllm-monitor demo --model', () => {
+  it('forecasts with the baselines only under --model none, and says so in its status', async () => {
+    // Without the suite's VLLM_MONITOR_MODEL=none: the flag alone must turn the model off.
+    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' }
+    delete env.VLLM_MONITOR_MODEL
+    const { stdout } = await exec(
+      process.execPath,
+      [cli, 'demo', '--duration', '4', '--speed', '40', '--json', '--no-real-gpu', '--model', 'none'],
+      { timeout: 60_000, env },
+    )
+    const statuses = stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((l) => l.status !== undefined)
+    const models = new Set(
+      statuses.flatMap((l) => l.status.predictions.map((p: { model: string }) => p.model)),
+    )
+    expect(models.size).toBeGreaterThan(0)
+    for (const m of models) expect(['detector', 'threshold']).toContain(m)
+  }, 60_000)
+})
+
 describe('vllm-monitor sim --fast and replay', () => {
   it('writes a simulator trace and replays it to the failure', async () => {
     const trace = join(dir, 'xid79.jsonl.gz')
