@@ -91,7 +91,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   if (!(share >= 0 && share < 1))
     throw new InvalidOptionError(`positiveShare must be in [0, 1) (got ${share})`)
   const trainSeeds = options.trainSeeds ?? [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 21, 22]
-  const valSeeds = options.validationSeeds ?? [11, 12, 13, 14, 15]
+  const valSeeds = options.validationSeeds ?? [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
   const testSeeds = options.testSeeds ?? [101, 102, 103, 104, 105]
   const epochs = options.epochs ?? 30
   const batchSize = options.batchSize ?? 256
