@@ -34,6 +34,12 @@ export const ErrorCodes = {
   FORECAST_FAILED: 'VLLM_MONITOR_FORECAST_FAILED',
   /** Reported (not thrown): an online retraining round failed; the current model stays. */
   ONLINE_TRAINING: 'VLLM_MONITOR_ONLINE_TRAINING',
+  /** Reported (not thrown): a mitigation strategy threw or its actuator failed; the monitor goes on. */
+  MITIGATION_FAILED: 'VLLM_MONITOR_MITIGATION_FAILED',
+  /** The learner's state file is unreadable or of another version; it is set aside and learning restarts. */
+  LEARNER_STATE: 'VLLM_MONITOR_LEARNER_STATE',
+  /** The audit log cannot be opened or written. */
+  AUDIT_LOG: 'VLLM_MONITOR_AUDIT_LOG',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]
@@ -164,3 +170,13 @@ export function errorForCode(code: string, message: string): VllmMonitorError {
   const Cls = byCode[code] ?? NvmlError
   return new Cls(message)
 }
+
+/** A mitigation strategy threw or an actuator failed (reported as an error entry; the monitor goes on). */
+export const MitigationError = defineError('MitigationError', ErrorCodes.MITIGATION_FAILED)
+export type MitigationError = InstanceType<typeof MitigationError>
+/** The learner's persisted state cannot be used (unreadable, corrupt, another version). */
+export const LearnerStateError = defineError('LearnerStateError', ErrorCodes.LEARNER_STATE)
+export type LearnerStateError = InstanceType<typeof LearnerStateError>
+/** The audit log cannot be opened or appended to. */
+export const AuditLogError = defineError('AuditLogError', ErrorCodes.AUDIT_LOG)
+export type AuditLogError = InstanceType<typeof AuditLogError>

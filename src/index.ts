@@ -58,9 +58,9 @@ export {
   saveModel,
 } from './forecast/model-io.js'
 export {
-  type MitigationOutcome,
   OnlineTrainer,
   type OnlineTrainerOptions,
+  type OutcomeReport,
   type RoundResult,
 } from './forecast/online.js'
 export { type FailureOnset, OnsetTracker } from './forecast/onsets.js'

@@ -77,7 +77,7 @@ export interface RoundResult {
   error?: Error
 }
 
-export interface MitigationOutcome {
+export interface OutcomeReport {
   t: number
   replica: string
   failureType: FailureType
@@ -345,7 +345,7 @@ export class OnlineTrainer {
   }
 
   /** What the mitigation side saw after acting; see the module comment. */
-  reportOutcome(o: MitigationOutcome): void {
+  reportOutcome(o: OutcomeReport): void {
     if (this.#closed) return
     if (o.outcome === 'occurred') {
       this.onset({ failureType: o.failureType, replica: o.replica, t: o.t, detail: 'reported by mitigation' })

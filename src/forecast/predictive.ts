@@ -34,7 +34,7 @@ import {
   forecastTargets,
 } from './features.js'
 import { checkMeta, loadModelArtifacts, type ModelArtifacts, type ModelMeta } from './model-io.js'
-import { type MitigationOutcome, OnlineTrainer } from './online.js'
+import { OnlineTrainer, type OutcomeReport } from './online.js'
 import { type FailureOnset, OnsetTracker } from './onsets.js'
 import { type ForecastBackend, ForecastPool } from './pool.js'
 import {
@@ -253,7 +253,7 @@ export class PredictiveDetector {
    * that `occurred`, one `avoided` (its rows leave training: nobody knows what would have
    * happened), or a `false-alarm`. Ignored unless `learning` is on.
    */
-  reportOutcome(outcome: MitigationOutcome): void {
+  reportOutcome(outcome: OutcomeReport): void {
     this.online?.reportOutcome(outcome)
   }
 
