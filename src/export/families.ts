@@ -85,13 +85,13 @@ export class MirroredCounter<L extends string> {
    * `raw` null keeps the sample at what was counted so far (a failed scrape counted nothing), but
    * still marks the key as present so that `sweep` keeps it.
    */
-  observe(key: string, raw: number | null, epoch: number): void {
+  observe(key: string, raw: number | null, epoch: number, labelValues?: Labels<L>): void {
     let s = this.#last.get(key)
     if (s === undefined) {
       if (raw === null || !Number.isFinite(raw) || raw < 0) return
-      const labels: Labels<L> = {}
+      const labels: Labels<L> = { ...labelValues }
       const first = this.#labelNames[0]
-      if (first !== undefined) labels[first] = key
+      if (first !== undefined && labelValues === undefined) labels[first] = key
       s = { labels, raw, epoch }
       this.#last.set(key, s)
       this.#counter.inc(labels, raw)

@@ -104,7 +104,7 @@ export class MonitorMetrics {
   >
   readonly #failure: GaugeFamily<'replica' | 'fault'>
   readonly #tokens: MirroredCounter<'replica'>
-  readonly #mitigations: MirroredCounter<never>
+  readonly #mitigations: MirroredCounter<'strategy' | 'outcome'>
   readonly #events: Counter<'type' | 'severity'>
   readonly #sweepable: ReadonlyArray<{ sweep(epoch: number): void }>
 
@@ -137,8 +137,8 @@ export class MonitorMetrics {
     this.#mitigations = new MirroredCounter(
       r,
       n.mitigationTriggered,
-      'Mitigations the monitor has triggered.',
-      [],
+      'Mitigation actions by strategy and outcome (SUCCESS, PARTIAL, FAILURE, SKIPPED: refused by the safety gate, a dry run, or nothing to act on).',
+      ['strategy', 'outcome'],
     )
     this.#accuracy = g(
       n.predictionAccuracy,
@@ -248,7 +248,12 @@ export class MonitorMetrics {
     const e = ++this.#epoch
     this.#up.put('', status.monitorActive ? 1 : 0, e)
     this.#accuracy.put('', status.predictionAccuracy, e)
-    this.#mitigations.observe('', status.mitigationsTriggered, e)
+    for (const m of status.mitigations ?? []) {
+      this.#mitigations.observe(`${m.strategy}|${m.outcome}`, m.count, e, {
+        strategy: m.strategy,
+        outcome: m.outcome,
+      })
+    }
     for (const s of kStates) this.#fleetState.put(s, s === checkpoint.lifecycleState ? 1 : 0, e)
 
     for (const rep of status.replicas) {

@@ -33,6 +33,7 @@ import {
   type ForecastTarget,
   forecastTargets,
 } from './features.js'
+import { LocalForecaster } from './local.js'
 import { checkMeta, loadModelArtifacts, type ModelArtifacts, type ModelMeta } from './model-io.js'
 import { OnlineTrainer, type OutcomeReport } from './online.js'
 import { type FailureOnset, OnsetTracker } from './onsets.js'
@@ -69,6 +70,12 @@ export interface PredictiveDetectorOptions {
   workerFilename?: string
   /** How long the model is set aside after the workers failed three times in a row (default 30 s, doubling up to 10 min). */
   retryAfterMs?: number
+  /**
+   * Run the model on this thread instead of in workers (default false). For simulations that run
+   * faster than real time, where a worker's wall-clock start-up and scheduling would change the
+   * result from run to run.
+   */
+  inProcess?: boolean
 }
 
 export interface PredictiveStatus {
@@ -123,7 +130,7 @@ export class PredictiveDetector {
   private readonly net = new Float32Array(4)
   private readonly onError: (code: string, message: string) => void
   private tracker: OnsetTracker
-  private pool: ForecastPool | null = null
+  private pool: Pick<ForecastPool, 'predict' | 'setModel' | 'close' | 'starting'> | null = null
   private startPool: (() => void) | null = null
   private current: ModelArtifacts | null = null
   private meta: ModelMeta | null = null
@@ -192,6 +199,10 @@ export class PredictiveDetector {
     // Workers start at the first forecast with a replica to forecast, not here: a monitor that
     // never sees a serving replica (or a test) costs no thread and no tfjs.
     this.startPool = () => {
+      if (o.inProcess === true) {
+        this.pool = new LocalForecaster(this.current ?? artifacts)
+        return
+      }
       try {
         this.pool = new ForecastPool({
           model: this.current ?? artifacts,

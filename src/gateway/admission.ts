@@ -3,7 +3,7 @@
  * mitigations, a bounded priority queue with a timeout, GIE-style shedding of sheddable requests
  * (priority below `sheddableBelow`) while saturated, and a `Retry-After` predicted from the
  * replica's measured completion rate. It is also the actuator mitigations act through
- * (cap, release, drain, undrain). See gateways.md §4, §6, §9, §13.
+ * (cap, release, drain, undrain, shed). See gateways.md §4, §6, §9, §13.
  *
  * The fast path (`tryAcquire` and ending a permit) allocates only the permit and never logs.
  */
@@ -111,6 +111,9 @@ class ReplicaAdmission {
   capReason: string | null = null
   inflight = 0
   draining = false
+  /** Set by `shed`: priorities below it are rejected regardless of saturation; null when not shedding. */
+  shedBelow: number | null = null
+  shedReason: string | null = null
   /** Live waiters (not counting holes). */
   queued = 0
   /** Bands sorted by priority, highest first. */
@@ -247,12 +250,15 @@ export class AdmissionController implements AdmissionActuator {
 
   /**
    * Sync fast path: a permit when the replica is under its effective limit, not draining and has
-   * nobody queued ahead; otherwise null (the caller may `acquire` to queue). The priority only
-   * matters once a request queues; it is accepted here so callers can pass it through.
+   * nobody queued ahead; otherwise null (the caller may `acquire` to queue). The priority matters
+   * here only while the replica is shed (`shed`): a request below the threshold gets null, and
+   * `acquire` then rejects it.
    */
-  tryAcquire(replica: string, _priority?: Priority): Permit | null {
+  tryAcquire(replica: string, priority?: Priority): Permit | null {
     const s = this.#get(replica)
     if (s.draining || s.queued > 0 || s.inflight >= s.effectiveLimit()) return null
+    // A shed request is left to `acquire`, which rejects it with the 429.
+    if (s.shedBelow !== null && (priority ?? 0) < s.shedBelow) return null
     return this.#grant(s)
   }
 
@@ -267,6 +273,10 @@ export class AdmissionController implements AdmissionActuator {
     if (signal?.aborted) return Promise.reject(signal.reason)
     const s = this.#get(replica)
     if (s.draining || s.cap === 0) return Promise.reject(this.#reject(s, 'draining'))
+    if (s.shedBelow !== null && priority < s.shedBelow) {
+      const why = `replica ${s.name} is shedding requests with priority < ${s.shedBelow} (${s.shedReason})`
+      return Promise.reject(this.#reject(s, 'overloaded', why))
+    }
     if (s.queued === 0 && s.inflight < s.effectiveLimit()) return Promise.resolve(this.#grant(s))
     if (priority < this.#options.sheddableBelow) return Promise.reject(this.#reject(s, 'overloaded'))
     if (s.queued >= this.#options.maxQueue) return Promise.reject(this.#reject(s, 'overloaded'))
@@ -303,6 +313,8 @@ export class AdmissionController implements AdmissionActuator {
     s.cap = limit
     s.capReason = String(reason)
     if (limit === 0) this.#rejectAll(s, 'draining')
+    // A raised cap admits the waiters that now fit, as release() does.
+    else this.#dispatch(s)
   }
 
   release(replica: string): void {
@@ -331,6 +343,31 @@ export class AdmissionController implements AdmissionActuator {
         d.timer.unref?.()
       }
     })
+  }
+
+  /**
+   * Load shedding set by a mitigation: until `unshed`, requests to the replica with a priority below
+   * `belowPriority` are rejected at once (429 'overloaded' with Retry-After), saturated or not.
+   * Requests already queued are not affected.
+   */
+  shed(replica: string, belowPriority: number, reason: string): void {
+    if (typeof belowPriority !== 'number' || Number.isNaN(belowPriority))
+      throw new InvalidArgumentError('shed: belowPriority must be a number')
+    const s = this.#get(replica)
+    s.shedBelow = belowPriority
+    s.shedReason = String(reason)
+  }
+
+  /** The priority below which `shed` turns requests away, null when the replica is not shed. */
+  shedBelow(replica: string): number | null {
+    return this.#get(replica).shedBelow
+  }
+
+  /** Lifts `shed`. */
+  unshed(replica: string): void {
+    const s = this.#get(replica)
+    s.shedBelow = null
+    s.shedReason = null
   }
 
   undrain(replica: string): void {
@@ -398,17 +435,19 @@ export class AdmissionController implements AdmissionActuator {
     return seconds < kRetryAfterMinS ? kRetryAfterMinS : Math.min(seconds, kRetryAfterMaxS)
   }
 
-  #reject(s: ReplicaAdmission, reason: RejectReason): AdmissionRejectedError {
+  #reject(s: ReplicaAdmission, reason: RejectReason, detail?: string): AdmissionRejectedError {
     s.rejected++
     const status = reason === 'draining' || reason === 'no-replica' ? 503 : 429
     const message =
-      reason === 'overloaded'
-        ? `replica ${s.name} is overloaded`
-        : reason === 'queue-timeout'
-          ? `request waited in the queue for replica ${s.name} past ${this.#options.queueTimeoutMs} ms`
-          : reason === 'draining'
-            ? `replica ${s.name} is draining`
-            : `no replica can take requests`
+      detail !== undefined
+        ? detail
+        : reason === 'overloaded'
+          ? `replica ${s.name} is overloaded`
+          : reason === 'queue-timeout'
+            ? `request waited in the queue for replica ${s.name} past ${this.#options.queueTimeoutMs} ms`
+            : reason === 'draining'
+              ? `replica ${s.name} is draining`
+              : `no replica can take requests`
     return new AdmissionRejectedError({ reason, status, retryAfterS: this.#retryAfterS(s), message })
   }
 

@@ -81,6 +81,15 @@ export interface ScaleActuator {
   scale(request: ScaleRequest): Promise<{ ok: boolean; detail: string }>
 }
 
+/**
+ * Load shedding per replica: requests below a priority are turned away at once (429 with
+ * Retry-After) while it is in force, saturated or not (`AdmissionController` fits).
+ */
+export interface ShedActuator {
+  shed(replica: string, belowPriority: number, reason: string): void
+  unshed(replica: string): void
+}
+
 export interface MitigationActuators {
   admission: AdmissionActuator | null
   routing: RoutingActuator | null
@@ -90,6 +99,8 @@ export interface MitigationActuators {
   supervisor(replica: string): RestartActuator | null
   processes: ProcessActuator | null
   scalers: readonly ScaleActuator[]
+  /** Sheds low-priority requests (the embedded gateway's admission); absent or null without one. */
+  shedding?: ShedActuator | null
 }
 
 /** Why the orchestrator is acting. */

@@ -11,9 +11,14 @@ import { toExportJson } from '../export/json.js'
 import { MonitorMetrics } from '../export/registry.js'
 import { writePrometheusTextfile } from '../export/textfile.js'
 import { PredictiveDetector } from '../forecast/predictive.js'
+import { DEFAULT_SLO } from '../forecast/spec.js'
 import { Gateway, type GatewayOptions } from '../gateway/gateway.js'
 import { type WrapOptions, wrap } from '../gateway/wrap.js'
 import { GpuReadingSource } from '../gpu/reading-source.js'
+import { routingFromPicker } from '../mitigation/actuators.js'
+import type { ContinuousLearner } from '../mitigation/learner.js'
+import type { MitigationCount } from '../mitigation/orchestrator.js'
+import { MitigationRuntime } from '../mitigation/runtime.js'
 import { SimGpuSource } from '../sim/gpu-source.js'
 import type {
   Checkpoint,
@@ -56,6 +61,11 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
    * attached to the checkpoints that follow each forecast tick.
    */
   readonly predictiveDetector: PredictiveDetector | null = null
+  /**
+   * The mitigation side (null while monitoring is disabled): the learner always, the orchestrator
+   * when `autoMitigate`. See `continuousLearner`.
+   */
+  readonly mitigation: MitigationRuntime | null = null
   private gatewayInstance: Gateway | null = null
   private forecastInFlight = false
   private alarming = new Set<string>()
@@ -220,6 +230,18 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         onError: (code, message) => this.reportError(code, message),
       })
     }
+    const detector = this.predictiveDetector
+    this.mitigation = new MitigationRuntime({
+      options: o.mitigation,
+      act: o.autoMitigate,
+      threshold: o.mitigationThreshold,
+      slo: o.forecast.slo ?? DEFAULT_SLO,
+      now: this.now,
+      replicaUrl: (replica) => this.replicaUrls.get(replica) ?? null,
+      emit: (e) => this.push({ t: this.now(), kind: 'event', ...e }),
+      reportError: (code, message) => this.reportError(code, message),
+      reportOutcome: (r) => detector?.reportOutcome(r),
+    })
     this.sources.push(this.logs, ...o.sources)
     const push = (record: TelemetryRecord) => this.push(record)
     for (const s of this.sources) {
@@ -240,8 +262,52 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         )
       }
     }
+    this.watchMemory()
     this.schedule()
     this.ready = this.startHttp()
+  }
+
+  /**
+   * The continuous learner: which strategy works for which failure in which context, its rules
+   * in words and its recommendations. Register custom strategies here. Null while disabled.
+   */
+  get continuousLearner(): ContinuousLearner | null {
+    return this.mitigation?.learner ?? null
+  }
+
+  /**
+   * The native fast path: the sampler thread watches every GPU's memory and, past
+   * `mitigation.nativeMemoryFraction`, the orchestrator caps the replica at once, without waiting
+   * for a checkpoint or a forecast.
+   */
+  private watchMemory(): void {
+    const orch = this.mitigation?.orchestrator ?? null
+    if (orch === null) return
+    const fraction = this.options.mitigation.nativeMemoryFraction
+    for (const s of this.sources) {
+      if (!(s instanceof GpuReadingSource)) continue
+      const sampler = s.gpu.sampler
+      if (sampler === null) continue
+      const map = this.options.gpuReplicas
+      const names = [...this.replicaUrls.keys()]
+      for (const d of sampler.devices()) {
+        const replica = map?.[String(d.index)] ?? (names.length === 1 ? (names[0] ?? null) : null)
+        if (replica === null) continue
+        try {
+          sampler.watch({ device: d.index, memoryUsedFraction: fraction }, (alert) => {
+            orch.nativeAlert(
+              replica,
+              `GPU ${alert.device} memory ${(alert.usedFraction * 100).toFixed(1)} % (native watch, bound ${(fraction * 100).toFixed(0)} %)`,
+            )
+          })
+        } catch (err) {
+          this.reportError(
+            'VLLM_MONITOR_MITIGATION_FAILED',
+            `native memory watch on GPU ${d.index}: ${(err as Error).message}`,
+          )
+        }
+      }
+    }
   }
 
   /**
@@ -271,6 +337,14 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
     const replicas = options.replicas ?? [...this.replicaUrls].map(([name, url]) => ({ name, url }))
     const g = new Gateway({ ...options, replicas, push: (r) => this.push(r), now: this.now })
     this.on('checkpoint', (cp) => g.refresh(cp))
+    // The gateway's levers become the mitigation side's, unless the user supplied their own.
+    const given = (this.options.mitigation.actuators ?? {}) as Record<string, unknown>
+    const act = this.mitigation?.actuators
+    if (act !== undefined) {
+      if (given.admission === undefined) act.admission = g.admission
+      if (given.routing === undefined) act.routing = routingFromPicker(g.picker)
+      if (given.shedding === undefined) act.shedding = g.admission
+    }
     if (this.core.checkpoint !== null) g.refresh(this.core.checkpoint)
     this.gatewayInstance = g
     return g
@@ -311,6 +385,8 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       uptimeMs: this.now(),
       urls: this.replicaUrls,
       predictionAccuracy: this.predictiveDetector?.accuracy() ?? null,
+      mitigations: this.mitigation?.orchestrator?.triggered() ?? [],
+      mitigationInProgress: this.mitigation?.orchestrator?.inProgress ?? false,
     })
   }
 
@@ -379,6 +455,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       }
     }
     await this.ready
+    await this.mitigation?.close()
     await this.predictiveDetector?.close()
     await this.http?.close()
     try {
@@ -433,7 +510,9 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
       .then((preds) => {
         if (this.closed) return
         this.core.predictions = preds
-        this.announce(d.alarms(preds))
+        const alarms = d.alarms(preds)
+        this.announce(alarms)
+        this.mitigation?.orchestrator?.observe(cp, preds, alarms)
       })
       .catch((err: unknown) =>
         this.reportError('VLLM_MONITOR_FORECAST_FAILED', `forecast failed: ${(err as Error).message}`),
@@ -542,6 +621,8 @@ export interface StatusContext {
   urls: Map<string, string>
   /** Alarms that came true / alarms scored (predictive detector), null before the first. */
   predictionAccuracy?: number | null
+  mitigations?: readonly MitigationCount[]
+  mitigationInProgress?: boolean
 }
 
 /** Builds `getStatus()` from a checkpoint (shared with replay). */
@@ -590,8 +671,12 @@ export function statusOf(core: MonitorCore, cp: Checkpoint | null, ctx: StatusCo
     activeRequests: active,
     tokensGenerated: tokens,
     avgStepDurationMs: stepN > 0 ? stepSum / stepN : null,
-    mitigationInProgress: false,
-    mitigationsTriggered: 0,
+    mitigationInProgress: ctx.mitigationInProgress ?? false,
+    mitigationsTriggered: (ctx.mitigations ?? []).reduce(
+      (n, m) => n + (m.outcome === 'SKIPPED' ? 0 : m.count),
+      0,
+    ),
+    mitigations: (ctx.mitigations ?? []).map((m) => ({ ...m })),
     predictionAccuracy: ctx.predictionAccuracy ?? null,
     predictiveEnabled: ctx.predictive,
     learningEnabled: ctx.learning,

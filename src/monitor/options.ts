@@ -51,6 +51,43 @@ export const probesOptionsSchema = z
   })
   .strict()
 
+const isFunction = (v: unknown) => typeof v === 'function'
+
+/** The mitigation side's options (`mitigation`). */
+export const mitigationOptionsSchema = z
+  .object({
+    /** Decide and log, never act (`VLLM_MONITOR_MITIGATION_DRY_RUN`). */
+    dryRun: z.boolean().default(false),
+    /** Append every decision, action and outcome here (JSON Lines; `VLLM_MONITOR_AUDIT_LOG`). */
+    auditLog: z.string().min(1).optional(),
+    /** Persist the learner here, restored at start (`VLLM_MONITOR_LEARNER_STATE`). */
+    learnerState: z.string().min(1).optional(),
+    /** Share of decisions held out as the counterfactual (judged, not executed). 0 in production. */
+    holdout: z.number().min(0).max(1).default(0),
+    /** Let the learner try non-runbook strategies within its conservative budget. */
+    explore: z.boolean().default(true),
+    /** Asked before each disruptive action (restart, drain); false or a throw denies it. */
+    approve: z
+      .custom<(request: unknown) => boolean | Promise<boolean>>(isFunction, 'must be a function')
+      .optional(),
+    /** Ask `approve` for every action, not only disruptive ones. */
+    approveAll: z.boolean().default(false),
+    cooldownMs: z.number().int().min(0).default(120_000),
+    maxConcurrentRestarts: z.number().int().min(1).default(1),
+    maxActionsPerHour: z.number().int().min(1).default(30),
+    /** Strategies registered beside the built-ins (same name replaces a built-in). */
+    strategies: z
+      .array(z.custom<object>((v) => typeof v === 'object' && v !== null, 'must be a strategy'))
+      .default([]),
+    /** Actuators to use instead of the ones the monitor builds (a simulator's, a custom gateway's). */
+    actuators: z.custom<object>((v) => typeof v === 'object' && v !== null, 'must be an object').optional(),
+    /** ScaleResources posts here (`VLLM_MONITOR_SCALE_WEBHOOK`). */
+    webhookUrl: z.string().url().optional(),
+    /** The native reflex: cap a replica at once when one of its GPUs passes this memory fraction. */
+    nativeMemoryFraction: z.number().gt(0).max(1).default(0.98),
+  })
+  .strict()
+
 export const monitorOptionsSchema = z
   .object({
     /** Master switch (`VLLM_ENABLE_MONITORING`); a disabled monitor does nothing and reports inactive. */
@@ -131,8 +168,16 @@ export const monitorOptionsSchema = z
         retrainMinSamples: 256,
       }),
     learning: z.boolean().default(false),
+    /** Act on predictions: the orchestrator, the strategies and the learner (`VLLM_MONITOR_AUTO_MITIGATE`). */
     autoMitigate: z.boolean().default(false),
-    mitigationThreshold: z.number().min(0).max(1).default(0.8),
+    /**
+     * Act on predictions at or above this probability (`VLLM_MONITOR_MITIGATION_THRESHOLD`). Unset:
+     * act on the forecaster's alarms, whose per-type thresholds were tuned to <= 0.5 false alarms
+     * per replica-hour.
+     */
+    mitigationThreshold: z.number().min(0).max(1).optional(),
+    /** How the monitor mitigates (with `autoMitigate`). */
+    mitigation: mitigationOptionsSchema.default(() => mitigationOptionsSchema.parse({})),
     /** Write every record to this trace file (JSON Lines, `.gz` for gzip). */
     record: z.string().min(1).optional(),
     sources: z.array(z.custom<TelemetrySource>(isSource, 'must be a TelemetrySource')).default([]),
@@ -168,6 +213,10 @@ export const ENV_VARS = {
   VLLM_MONITOR_LEARNING: 'boolean',
   VLLM_MONITOR_AUTO_MITIGATE: 'boolean',
   VLLM_MONITOR_MITIGATION_THRESHOLD: 'number in [0, 1]',
+  VLLM_MONITOR_MITIGATION_DRY_RUN: 'boolean',
+  VLLM_MONITOR_AUDIT_LOG: 'path of the audit log (JSON Lines)',
+  VLLM_MONITOR_LEARNER_STATE: "path of the learner's state file",
+  VLLM_MONITOR_SCALE_WEBHOOK: 'URL that ScaleResources posts to',
   VLLM_MONITOR_URLS: 'comma-separated URLs',
   VLLM_MONITOR_SCRAPE_INTERVAL_MS: 'integer >= 20',
   VLLM_MONITOR_HANG_AFTER_MS: 'integer >= 100',
@@ -273,6 +322,25 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): MonitorOpt
   }
   const record = env.VLLM_MONITOR_RECORD
   if (record !== undefined && record.trim() !== '') out.record = record.trim()
+  const mitigation: Record<string, unknown> = {}
+  const dry = envBool(env, 'VLLM_MONITOR_MITIGATION_DRY_RUN')
+  if (dry !== undefined) mitigation.dryRun = dry
+  for (const [name, key] of [
+    ['VLLM_MONITOR_AUDIT_LOG', 'auditLog'],
+    ['VLLM_MONITOR_LEARNER_STATE', 'learnerState'],
+  ] as const) {
+    const v = env[name]
+    if (v !== undefined && v.trim() !== '') mitigation[key] = v.trim()
+  }
+  const hook = env.VLLM_MONITOR_SCALE_WEBHOOK
+  if (hook !== undefined && hook.trim() !== '') {
+    if (!URL.canParse(hook.trim()))
+      throw new InvalidEnvError(
+        `VLLM_MONITOR_SCALE_WEBHOOK=${JSON.stringify(hook)} is not a URL; accepted: ${ENV_VARS.VLLM_MONITOR_SCALE_WEBHOOK}`,
+      )
+    mitigation.webhookUrl = hook.trim()
+  }
+  if (Object.keys(mitigation).length > 0) out.mitigation = mitigation
   const model = env.VLLM_MONITOR_MODEL
   if (model !== undefined && model.trim() !== '')
     out.forecast = { model: model.trim().toLowerCase() === 'none' ? null : model.trim() }
@@ -295,6 +363,8 @@ export function resolveOptions(
   // The model may come from the environment and the rest of `forecast` from the code.
   if (isObject(fromEnv.forecast) && isObject(given.forecast))
     merged.forecast = { ...fromEnv.forecast, ...given.forecast }
+  if (isObject(fromEnv.mitigation) && isObject(given.mitigation))
+    merged.mitigation = { ...fromEnv.mitigation, ...given.mitigation }
   const r = monitorOptionsSchema.safeParse(merged)
   if (r.success) return r.data
   const issue = r.error.issues[0]

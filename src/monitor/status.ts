@@ -32,8 +32,14 @@ export interface MonitorStatus {
   tokensGenerated: number | null
   avgStepDurationMs: number | null
   mitigationInProgress: boolean
-  /** Mitigations triggered so far (filled by the mitigation issue). */
+  /** Mitigations that acted so far (SKIPPED ones not counted). */
   mitigationsTriggered: number
+  /** Every action so far by strategy and outcome (`vllm:monitor_mitigation_triggered`). */
+  mitigations: Array<{
+    strategy: string
+    outcome: 'SUCCESS' | 'PARTIAL' | 'FAILURE' | 'SKIPPED'
+    count: number
+  }>
   /** Fraction of scored predictions that were right, null until one was scored. */
   predictionAccuracy: number | null
   predictiveEnabled: boolean

@@ -20,6 +20,26 @@ export interface ArrivalStream {
 
 export type RouterPolicy = 'round-robin' | 'least-loaded'
 
+/**
+ * Something between the arrivals and the replicas (`SimGateway`). Once attached, every arrival goes
+ * through it: the base stream, `submit()` and the surge arrivals a replica receives by session
+ * affinity (`pinned`).
+ */
+export interface FleetGateway {
+  /** Called once by `attachGateway`, with a random stream of the gateway's own. */
+  attach(fleet: SimFleet, rng: Rng): void
+  /** One request arriving at `tMs`; false when it was turned away at once (no replica, shed, queue full). */
+  arrive(
+    tMs: number,
+    promptTokens: number,
+    targetTokens: number,
+    maxTokens: number,
+    pinned: SimReplica | null,
+  ): boolean
+  /** Called after every fleet tick and at the end of `advanceTo`: timeouts, deferred dispatches. */
+  tick(tMs: number): void
+}
+
 export interface FleetOptions {
   seed?: Seed
   /** Number of replicas, named r0, r1, ... */
@@ -68,9 +88,12 @@ export class SimFleet {
   private rr = 0
   private nextTickMs = TICK_MS
   private readonly schedule: FaultSpec[]
+  private readonly rng: Rng
+  private gatewayRef: FleetGateway | null = null
 
   constructor(options: FleetOptions = {}) {
     const rng: Rng = createRng(options.seed ?? 1)
+    this.rng = rng
     const n = options.replicas ?? 1
     if (!Number.isInteger(n) || n < 1 || n > 64) {
       throw new SimScenarioError(`replicas must be an integer from 1 to 64 (got ${String(options.replicas)})`)
@@ -118,6 +141,12 @@ export class SimFleet {
       },
       listening: (r: SimReplica, open: boolean) => {
         for (const l of this.listeners) l.listening?.(r, open)
+      },
+      arrival: (r: SimReplica, t: number, prompt: number, target: number, max: number) => {
+        const g = this.gatewayRef
+        if (g === null) return false
+        g.arrive(t, prompt, target, max, r)
+        return true
       },
     }
     for (let i = 0; i < n; i++) {
@@ -181,6 +210,21 @@ export class SimFleet {
     }
   }
 
+  /** The gateway every arrival goes through, null when none was attached. */
+  get gateway(): FleetGateway | null {
+    return this.gatewayRef
+  }
+
+  /**
+   * Puts `gateway` between the arrivals and the replicas. Its randomness comes from a fork of the
+   * fleet's seed of its own (`gateway`), so the replicas' and the arrivals' streams do not move.
+   */
+  attachGateway(gateway: FleetGateway): void {
+    if (this.gatewayRef !== null) throw new SimScenarioError('the fleet already has a gateway')
+    gateway.attach(this, this.rng.fork('gateway'))
+    this.gatewayRef = gateway
+  }
+
   /** Starts every replica's process at the current time. */
   start(): void {
     for (const r of this.replicas) r.start(this.now)
@@ -209,13 +253,20 @@ export class SimFleet {
     while (this.nextTickMs <= t) {
       this.advanceEvents(this.nextTickMs)
       for (const r of this.replicas) r.tick(this.nextTickMs, TICK_MS)
+      this.gatewayRef?.tick(this.nextTickMs)
       this.nextTickMs += TICK_MS
     }
     this.advanceEvents(t)
+    this.gatewayRef?.tick(t)
   }
 
-  /** Routes one request now; null when no replica serves. */
+  /**
+   * Routes one request now; false when no replica serves (with a gateway: when it was turned away
+   * at once; `droppedArrivals` still counts those that found no replica).
+   */
   submit(promptTokens: number, targetTokens: number, maxTokens: number): boolean {
+    if (this.gatewayRef !== null)
+      return this.gatewayRef.arrive(this.now, promptTokens, targetTokens, maxTokens, null)
     const r = this.pick()
     if (r === null) {
       this.droppedArrivals++

@@ -44,6 +44,17 @@ export interface ReplicaHooks {
   gpuEvent(event: MonitorEvent, t: number): void
   /** The replica's HTTP server opened or closed its port. */
   listening(replica: SimReplica, open: boolean): void
+  /**
+   * A surge arrival for this replica (session affinity) at `tMs`; true when something else (a
+   * gateway) took it, false to queue it on this replica's engine as without a gateway.
+   */
+  arrival?(
+    replica: SimReplica,
+    tMs: number,
+    promptTokens: number,
+    targetTokens: number,
+    maxTokens: number,
+  ): boolean
 }
 
 interface Timed {
@@ -82,6 +93,10 @@ export class SimReplica {
   restarts = 0
   /** Sleep level (0: scheduling paused only, 1: weights offloaded, 2: discarded); null when awake. */
   sleepLevel: number | null = null
+  /** The gateway's concurrency cap on this replica (it shrinks the batch the scheduler can form); null: none. */
+  admissionCap: number | null = null
+  /** `--max-num-seqs` given to the last restart; null: the configured one. Kept by later restarts. */
+  maxNumSeqsOverride: number | null = null
   /** Bytes per GPU that `/sleep` released and `/wake_up` has not restored, by CuMemAllocator tag. */
   private readonly released = new Map<'weights' | 'kv_cache', number>()
   private readonly hooks: ReplicaHooks
@@ -119,6 +134,21 @@ export class SimReplica {
     return this.config.name
   }
 
+  /** The `--max-num-seqs` the process runs (or will run) with. */
+  get maxNumSeqs(): number {
+    return this.maxNumSeqsOverride ?? this.config.maxNumSeqs
+  }
+
+  /**
+   * Activation memory grows with the batch: the share of the configured batch the scheduler can
+   * still form under the gateway's cap and the engine's `max_num_seqs` (exactly 1 when neither is
+   * below the configured `max_num_seqs`).
+   */
+  get batchMemoryFactor(): number {
+    const limit = Math.min(this.admissionCap ?? Number.POSITIVE_INFINITY, this.maxNumSeqs)
+    return limit >= this.config.maxNumSeqs ? 1 : Math.max(0, limit) / this.config.maxNumSeqs
+  }
+
   /** `/health`: 200 while the API server runs (even when the engine hangs), 503 once the engine died. */
   get healthStatus(): number | null {
     if (!this.listening) return null
@@ -143,7 +173,7 @@ export class SimReplica {
     this.logApi(
       'INFO',
       'utils.py:261',
-      `non-default args: {'model': '${c.model.name}', 'port': ${c.port}, 'tensor_parallel_size': ${c.tensorParallelSize}, 'gpu_memory_utilization': ${c.gpuMemoryUtilization}, 'max_num_seqs': ${c.maxNumSeqs}, 'max_model_len': ${c.maxModelLen}}`,
+      `non-default args: {'model': '${c.model.name}', 'port': ${c.port}, 'tensor_parallel_size': ${c.tensorParallelSize}, 'gpu_memory_utilization': ${c.gpuMemoryUtilization}, 'max_num_seqs': ${this.maxNumSeqs}, 'max_model_len': ${c.maxModelLen}}`,
     )
     this.logCore(
       'INFO',
@@ -227,7 +257,7 @@ export class SimReplica {
       )
       this.engine = new SimEngine({
         numGpuBlocks: s.numGpuBlocks,
-        maxNumSeqs: c.maxNumSeqs,
+        maxNumSeqs: this.maxNumSeqs,
         maxNumBatchedTokens: c.maxNumBatchedTokens,
         maxModelLen: c.maxModelLen,
         stepTime: this.stepTime,
@@ -255,8 +285,12 @@ export class SimReplica {
     })
   }
 
-  /** Kills whatever runs and starts again (the supervisor's restart). Hardware faults persist. */
-  restart(t: number): void {
+  /**
+   * Kills whatever runs and starts again (the supervisor's restart). Hardware faults persist. With
+   * `maxNumSeqs`, the new process (and later ones) run with that `--max-num-seqs`.
+   */
+  restart(t: number, overrides: { maxNumSeqs?: number } = {}): void {
+    if (overrides.maxNumSeqs !== undefined) this.maxNumSeqsOverride = overrides.maxNumSeqs
     this.now = t
     if (this.phase !== 'stopped' && this.phase !== 'exited') this.exit(-9)
     this.restarts++
@@ -352,6 +386,21 @@ export class SimReplica {
     return e.submit(p, Math.max(1, Math.min(targetTokens, max)), max, sink)
   }
 
+  /**
+   * The co-tenant process on `gpu` was killed: its memory is freed and its leak (a
+   * `gpu-oom-cotenant` fault) stops, labelled `cleared`. False when the GPU had no co-tenant.
+   */
+  terminateCotenant(gpu: SimGpu, t: number): boolean {
+    if (!this.gpus.includes(gpu) || gpu.cotenantBytes <= 0) return false
+    gpu.cotenantBytes = 0
+    for (const f of this.faults) {
+      if (f.spec.fault !== 'gpu-oom-cotenant' || f.cleared || gpu !== this.gpus[0]) continue
+      f.cleared = true
+      this.label(f.spec.fault, 'cleared', 'co-tenant process terminated', t)
+    }
+    return true
+  }
+
   // --- dev-mode control (`VLLM_SERVER_DEV_MODE=1`): sleep and the prefix cache ----------------
 
   /**
@@ -443,12 +492,12 @@ export class SimReplica {
           // A ramp thins the full-rate stream: an arrival is kept with probability rate(t)/max.
           if (spec.rampMs > 0 && this.rng.next() * spec.rampMs > at - spec.atMs) continue
           e.advanceTo(at)
-          this.submit(
-            Math.round(spec.promptTokens * (0.5 + this.rng.next())),
-            Math.round(spec.outputTokens * (0.5 + this.rng.next())),
-            spec.outputTokens * 2,
-            null,
-          )
+          // Drawn in this order whoever takes the request: the replica's stream must not shift.
+          const prompt = Math.round(spec.promptTokens * (0.5 + this.rng.next()))
+          const target = Math.round(spec.outputTokens * (0.5 + this.rng.next()))
+          const max = spec.outputTokens * 2
+          if (this.hooks.arrival?.(this, at, prompt, target, max) !== true)
+            this.submit(prompt, target, max, null)
         }
       }
       e.advanceTo(t)
@@ -547,7 +596,9 @@ export class SimReplica {
       }
       case 'gpu-oom-spike': {
         const frac = Math.min(1, (t - spec.atMs) / spec.rampMs)
-        gpu.transientBytes = Math.max(gpu.transientBytes, spec.peakBytes * frac * frac)
+        const factor = this.batchMemoryFactor
+        const peak = factor === 1 ? spec.peakBytes : spec.peakBytes * factor
+        gpu.transientBytes = Math.max(gpu.transientBytes, peak * frac * frac)
         break
       }
       case 'gpu-oom-cotenant':

@@ -12,6 +12,7 @@
 import { type ChildProcess, spawn as nodeSpawn } from 'node:child_process'
 import { EventEmitter } from 'node:events'
 import { existsSync } from 'node:fs'
+import { InvalidArgumentError } from '../errors.js'
 import type { TelemetryRecord, TelemetrySource } from '../telemetry/types.js'
 import { FATAL_TYPES, type FatalEvidence, judgeExit } from './exit-cause.js'
 import { LineSplitter } from './line-splitter.js'
@@ -71,7 +72,6 @@ export class VllmSupervisor extends EventEmitter<SupervisorEvents> implements Te
   readonly name = 'supervisor'
   readonly replica: string
   readonly command: string
-  readonly args: readonly string[]
   readonly restartPolicy: RestartPolicy
   readonly gracePeriodMs: number
   /** Restarts so far (after crashes and by `restart()`). */
@@ -92,13 +92,14 @@ export class VllmSupervisor extends EventEmitter<SupervisorEvents> implements Te
   #crashesInARow = 0
   #backoffTimer: NodeJS.Timeout | null = null
   #chain: Promise<void> = Promise.resolve()
+  #args: readonly string[]
 
   constructor(options: VllmSupervisorOptions) {
     super()
     this.#o = validateSupervisorOptions(options)
     this.replica = options.replica
     this.command = options.command
-    this.args = [...(options.args ?? [])]
+    this.#args = [...(options.args ?? [])]
     this.#now = options.now
     this.gracePeriodMs = options.gracePeriodMs ?? 30_000
     this.#tailLines = options.tailLines ?? 200
@@ -110,6 +111,11 @@ export class VllmSupervisor extends EventEmitter<SupervisorEvents> implements Te
           ? { ...kRestartDefaults, onCrash: true }
           : { ...kRestartDefaults, ...stripUndefined(r) }
     this.#logs = new LogLineSource(this.#now)
+  }
+
+  /** The arguments vLLM runs with (changed by `restart(reason, { args })`). */
+  get args(): readonly string[] {
+    return this.#args
   }
 
   get state(): SupervisorState {
@@ -183,10 +189,16 @@ export class VllmSupervisor extends EventEmitter<SupervisorEvents> implements Te
 
   /**
    * The restart actuator: stops vLLM gracefully and starts it again. `reason` is recorded (a
-   * `process-restart` event). Never rejects; a no-op before `start()` or after `stop()`.
+   * `process-restart` event). With `args`, the new process (and every later one) runs with them
+   * instead (a mitigation lowering `--max-num-seqs`). Rejects only for invalid `args`; a no-op
+   * before `start()` or after `stop()`.
    */
-  restart(reason: string): Promise<void> {
-    const op = this.#chain.then(() => this.#restartNow(String(reason)))
+  restart(reason: string, options?: { args?: readonly string[] }): Promise<void> {
+    const args = options?.args
+    if (args !== undefined && (!Array.isArray(args) || args.some((a) => typeof a !== 'string')))
+      return Promise.reject(new InvalidArgumentError('restart: options.args must be an array of strings'))
+    const next = args === undefined ? undefined : [...args]
+    const op = this.#chain.then(() => this.#restartNow(String(reason), next))
     this.#chain = op.catch(() => {})
     return this.#chain
   }
@@ -198,7 +210,7 @@ export class VllmSupervisor extends EventEmitter<SupervisorEvents> implements Te
     return this.#kill(run, sig)
   }
 
-  async #restartNow(reason: string): Promise<void> {
+  async #restartNow(reason: string, args: readonly string[] | undefined): Promise<void> {
     if (!this.#started || this.#stopped) return
     this.#record('process-restart', 'warning', `restarting vLLM: ${reason}`, { reason, requested: true })
     this.#restarting = true
@@ -209,6 +221,7 @@ export class VllmSupervisor extends EventEmitter<SupervisorEvents> implements Te
       this.#restarting = false
     }
     if (this.#stopped) return
+    if (args !== undefined) this.#args = args
     this.restarts++
     this.#spawn()
   }

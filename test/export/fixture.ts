@@ -224,6 +224,10 @@ export function makeStatus(over: Partial<MonitorStatus> = {}): MonitorStatus {
     avgStepDurationMs: 8.5,
     mitigationInProgress: true,
     mitigationsTriggered: 2,
+    mitigations: [
+      { strategy: 'ReduceBatchSize', outcome: 'SUCCESS', count: 2 },
+      { strategy: 'RestartNCCL', outcome: 'SKIPPED', count: 1 },
+    ],
     predictionAccuracy: 0.875,
     predictiveEnabled: true,
     learningEnabled: false,

@@ -25,7 +25,18 @@ describe('MonitorMetrics', () => {
     // Counters carry Prometheus' _total suffix; the family names are the mandated ones.
     expect(text).toContain('# TYPE vllm:monitor_tokens_generated_total counter')
     expect(text).toContain('# TYPE vllm:monitor_mitigation_triggered_total counter')
-    expect(sampleValue(text, 'vllm:monitor_mitigation_triggered_total')).toBe(2)
+    expect(
+      sampleValue(text, 'vllm:monitor_mitigation_triggered_total', {
+        strategy: 'ReduceBatchSize',
+        outcome: 'SUCCESS',
+      }),
+    ).toBe(2)
+    expect(
+      sampleValue(text, 'vllm:monitor_mitigation_triggered_total', {
+        strategy: 'RestartNCCL',
+        outcome: 'SKIPPED',
+      }),
+    ).toBe(1)
     expect(sampleValue(text, 'vllm:monitor_prediction_accuracy')).toBe(0.875)
     expect(sampleValue(text, 'vllm:monitor_active_requests', { replica: 'r1' })).toBe(31)
     expect(sampleValue(text, 'vllm:monitor_tokens_generated_total', { replica: 'r1' })).toBe(2_310_775)

@@ -9,7 +9,10 @@ describe('monitor options', () => {
     expect(o.scrapeIntervalMs).toBe(100)
     expect(o.predictive).toBe(true)
     expect(o.autoMitigate).toBe(false)
-    expect(o.mitigationThreshold).toBe(0.8)
+    // Unset: the orchestrator acts on the forecaster's alarms (per-type thresholds).
+    expect(o.mitigationThreshold).toBeUndefined()
+    expect(o.mitigation.dryRun).toBe(false)
+    expect(o.mitigation.holdout).toBe(0)
   })
 
   it('reads the VLLM_* environment variables', () => {
@@ -36,6 +39,29 @@ describe('monitor options', () => {
       http: false,
       gpu: 'none',
     })
+  })
+
+  it('reads the mitigation variables and merges them with mitigation options given in code', () => {
+    const o = resolveOptions(
+      { mitigation: { holdout: 0.1 } },
+      {
+        VLLM_MONITOR_MITIGATION_DRY_RUN: 'true',
+        VLLM_MONITOR_AUDIT_LOG: '/var/log/vllm-monitor/audit.jsonl',
+        VLLM_MONITOR_LEARNER_STATE: '/var/lib/vllm-monitor/learner.json',
+        VLLM_MONITOR_SCALE_WEBHOOK: 'http://autoscaler:8080/scale',
+      },
+    )
+    expect(o.mitigation).toMatchObject({
+      dryRun: true,
+      holdout: 0.1,
+      auditLog: '/var/log/vllm-monitor/audit.jsonl',
+      learnerState: '/var/lib/vllm-monitor/learner.json',
+      webhookUrl: 'http://autoscaler:8080/scale',
+    })
+    expect(() => optionsFromEnv({ VLLM_MONITOR_SCALE_WEBHOOK: 'autoscaler' })).toThrow(
+      /VLLM_MONITOR_SCALE_WEBHOOK="autoscaler" is not a URL/,
+    )
+    expect(() => resolveOptions({ mitigation: { holdout: 2 } }, {})).toThrow(/options\.mitigation\.holdout/)
   })
 
   it('lets explicit options win over the environment', () => {

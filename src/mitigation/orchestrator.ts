@@ -1,0 +1,739 @@
+/**
+ * The orchestrator closes the loop: predictions (and the native fast path's alerts) become
+ * candidate actions, the learner chooses a strategy, the safety gate decides whether it may run
+ * now, the strategy acts through the actuators, and the outcome judge scores it after a window;
+ * the score teaches the learner and labels the forecaster's online retraining. Every decision,
+ * action and outcome goes to the audit log and out as events and metrics.
+ *
+ * Nothing here throws into the monitor: a strategy that throws is a FAILURE, an actuator that
+ * fails is reported, an audit log that cannot be written is reported and the action still runs.
+ *
+ * The native path is a reflex, not a decision: when the sampler thread sees GPU memory cross its
+ * bound, `nativeAlert` caps admissions to the replica synchronously (no await, no allocation
+ * beyond the cap's reason string) and then queues the considered response (EmergencyGPUMemoryCleanup
+ * or whatever the learner prefers) on the normal path.
+ */
+import { MitigationError } from '../errors.js'
+import { type FailureOnset, OnsetTracker } from '../forecast/onsets.js'
+import { SCORING, type SloOptions } from '../forecast/spec.js'
+import type { Checkpoint, FailureType, MonitorEvent, Prediction } from '../telemetry/types.js'
+import type { AuditEntry, AuditLog } from './audit.js'
+import type { ContinuousLearner, Decision, LearnerFeatures } from './learner.js'
+import { type Judgement, OutcomeJudge } from './outcome.js'
+import type { SafetyGate } from './safety.js'
+import type {
+  MitigationActuators,
+  MitigationContext,
+  MitigationOutcome,
+  MitigationResult,
+  MitigationStrategy,
+  MitigationTrigger,
+} from './types.js'
+
+export interface OrchestratorOptions {
+  learner: ContinuousLearner
+  actuators: MitigationActuators
+  safety: SafetyGate
+  /** Where decisions, actions and outcomes are appended (an `AuditLog`). */
+  audit?: Pick<AuditLog, 'append'> | null
+  /**
+   * Act on predictions at or above this probability (at each type's alarm horizon). Undefined:
+   * act on the forecaster's alarms, whose per-type thresholds were tuned to <= 0.5 false alarms per
+   * replica-hour on validation runs.
+   */
+  threshold?: number
+  /** Share of decisions held out (chosen, not executed, judged anyway): the counterfactual. Default 0. */
+  holdout?: number
+  slo: SloOptions
+  judgeWindowMs?: Partial<Record<FailureType, number>>
+  /** Deadline of one strategy's execute (default 60 s); it is aborted past it. */
+  actionTimeoutMs?: number
+  /** An action left in place is rolled back once its alarm has been quiet this long (default 30 s). */
+  rollbackQuietMs?: number
+  /** Share of the running requests the native reflex caps a replica at (default 0.5). */
+  nativeCapFraction?: number
+  now: () => number
+  /** Seeds the holdout draws. */
+  seed?: number
+  emit: (event: MonitorEvent) => void
+  reportError: (code: string, message: string) => void
+  /** Labels for the forecaster's online retraining. */
+  reportOutcome?: (o: {
+    t: number
+    replica: string
+    failureType: FailureType
+    outcome: 'occurred' | 'avoided' | 'false-alarm'
+  }) => void
+}
+
+/** One action (or holdout) as the orchestrator remembers it. */
+export interface ActionRecord {
+  id: string
+  t: number
+  replica: string
+  failureType: FailureType
+  strategy: string
+  basis: Decision['basis']
+  trigger: MitigationTrigger
+  /** What execute returned; null for a holdout or while it runs. */
+  result: MitigationResult | null
+  holdout: boolean
+  judgement: Judgement | null
+  rolledBack: boolean
+}
+
+export interface MitigationCount {
+  strategy: string
+  outcome: MitigationOutcome
+  count: number
+}
+
+interface Candidate {
+  replica: string
+  failureType: FailureType
+  prediction: Prediction | null
+  trigger: MitigationTrigger
+}
+
+const MAX_RECORDS = 500
+/** An alarm this recent means the failure is still predicted. */
+const STILL_AT_RISK_MS = 5_000
+/** How long a refusal without a retry time (denied, busy, bound reached) holds a key back. */
+const DEFER_MS = 60_000
+
+/** A small, seeded generator for the holdout draws (the learner has its own). */
+function lcg(seed: number): () => number {
+  let s = (seed >>> 0) ^ 0x9e3779b9
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
+    return s / 4294967296
+  }
+}
+
+export class MitigationOrchestrator {
+  readonly options: OrchestratorOptions
+  readonly judge: OutcomeJudge
+  private readonly tracker: OnsetTracker
+  private readonly rand: () => number
+  private seq = 0
+  private closed = false
+  private lastCp: Checkpoint | null = null
+  private lastOnsetSecond = -1
+  /** Actions running now, by `replica|failureType`. */
+  private readonly running = new Map<string, Promise<void>>()
+  /** Actions left in place (caps, weights) until their alarm has been quiet, by key. */
+  private readonly inPlace = new Map<string, { record: ActionRecord; strategy: MitigationStrategy }>()
+  private readonly lastAlarmAt = new Map<string, number>()
+  /** A refused action (cooldown, denial, rate limit) is not asked again for this key before then. */
+  private readonly deferUntil = new Map<string, number>()
+  private readonly records: ActionRecord[] = []
+  private readonly counts = new Map<string, MitigationCount>()
+  private readonly memory = new Map<string, { t: number; used: number; growth: number | null }>()
+  private readonly controller = new AbortController()
+  private saving: Promise<void> = Promise.resolve()
+
+  constructor(options: OrchestratorOptions) {
+    this.options = options
+    this.judge = new OutcomeJudge({
+      slo: options.slo,
+      ...(options.judgeWindowMs === undefined ? {} : { windowMs: options.judgeWindowMs }),
+    })
+    this.tracker = new OnsetTracker({ slo: options.slo })
+    this.rand = lcg(options.seed ?? 1)
+  }
+
+  /** Recent actions, oldest first. */
+  actions(): readonly ActionRecord[] {
+    return this.records
+  }
+
+  /** Actions so far by strategy and outcome (the `vllm:monitor_mitigation_triggered` counter). */
+  triggered(): MitigationCount[] {
+    return [...this.counts.values()]
+  }
+
+  /** Whether an action is running or left in place now. */
+  get inProgress(): boolean {
+    return this.running.size > 0
+  }
+
+  /** Resolves once every running action has finished (tests, the simulator loop). */
+  async settle(): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running.values()])
+  }
+
+  /**
+   * One forecast tick: judges the windows that ended, rolls back what is no longer needed, and
+   * starts actions for new candidates. `alarms` are the forecaster's alarms of `predictions`.
+   */
+  observe(cp: Checkpoint, predictions: readonly Prediction[], alarms: readonly Prediction[]): void {
+    if (this.closed) return
+    this.lastCp = cp
+    this.trackMemory(cp)
+    const sec = Math.floor(cp.t / 1000)
+    let onsets: FailureOnset[] = []
+    if (sec > this.lastOnsetSecond) {
+      this.lastOnsetSecond = sec
+      onsets = this.tracker.observe(cp)
+    }
+    const t = cp.t
+    const candidates = this.candidates(predictions, alarms)
+    for (const c of candidates) this.lastAlarmAt.set(`${c.replica}|${c.failureType}`, t)
+    const atRisk = (replica: string, type: FailureType) =>
+      t - (this.lastAlarmAt.get(`${replica}|${type}`) ?? Number.NEGATIVE_INFINITY) <= STILL_AT_RISK_MS
+    for (const j of this.judge.observe(cp, onsets, atRisk)) this.judged(j)
+    this.rollbacks(t)
+    for (const c of candidates) this.consider(c, cp)
+  }
+
+  /**
+   * The native fast path: GPU memory of `replica` crossed its bound. Caps admissions at once
+   * (synchronously) and queues the considered response. Returns the cap applied, or null.
+   */
+  nativeAlert(replica: string, detail: string): number | null {
+    if (this.closed) return null
+    const admission = this.options.actuators.admission
+    let limit: number | null = null
+    if (admission !== null) {
+      const running = this.runningOf(replica)
+      limit = Math.max(1, Math.floor((running ?? 8) * (this.options.nativeCapFraction ?? 0.5)))
+      try {
+        admission.cap(replica, limit, 'native memory watch')
+      } catch (err) {
+        this.options.reportError(
+          'VLLM_MONITOR_MITIGATION_FAILED',
+          `native reflex: capping ${replica} failed: ${(err as Error).message}`,
+        )
+        limit = null
+      }
+    }
+    const trigger: MitigationTrigger = { kind: 'native-alert', detail }
+    queueMicrotask(() => {
+      this.writeAudit({
+        t: this.options.now(),
+        kind: 'action',
+        id: `native-${++this.seq}`,
+        replica,
+        failureType: 'oom',
+        strategy: 'native-reflex',
+        outcome: limit === null ? 'SKIPPED' : 'SUCCESS',
+        detail:
+          limit === null ? `${detail}; no admission actuator` : `${detail}; capped ${replica} at ${limit}`,
+      })
+      if (this.lastCp !== null)
+        this.consider({ replica, failureType: 'oom', prediction: null, trigger }, this.lastCp)
+    })
+    return limit
+  }
+
+  /** Stops acting, judges nothing further, waits for running actions, saves the learner. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.controller.abort()
+    await this.settle()
+    await this.saving
+    await this.options.learner.save().catch((err: unknown) => {
+      this.options.reportError(
+        'VLLM_MONITOR_LEARNER_STATE',
+        `saving the learner failed: ${(err as Error).message}`,
+      )
+    })
+  }
+
+  private candidates(predictions: readonly Prediction[], alarms: readonly Prediction[]): Candidate[] {
+    const thr = this.options.threshold
+    const chosen = new Map<string, Prediction>()
+    const source =
+      thr === undefined
+        ? alarms
+        : predictions.filter((p) => p.horizonS === SCORING[p.failureType].horizonS && p.probability >= thr)
+    for (const p of source) {
+      const replica = p.target.replica
+      if (replica === null) continue
+      const key = `${replica}|${p.failureType}`
+      const prev = chosen.get(key)
+      if (prev === undefined || p.probability > prev.probability) chosen.set(key, p)
+    }
+    const out: Candidate[] = []
+    for (const p of chosen.values()) {
+      const ttf = p.timeToFailureS === null ? '' : `, failure in ~${p.timeToFailureS} s`
+      out.push({
+        replica: p.target.replica as string,
+        failureType: p.failureType,
+        prediction: p,
+        trigger: {
+          kind: 'prediction',
+          detail: `${p.failureType} p=${p.probability.toFixed(2)} within ${p.horizonS} s${ttf} (${p.model})`,
+        },
+      })
+    }
+    return out
+  }
+
+  private consider(c: Candidate, cp: Checkpoint): void {
+    const key = `${c.replica}|${c.failureType}`
+    // One response per replica and failure type at a time: running, in place, or being judged.
+    if (this.running.has(key) || this.inPlace.has(key) || this.judge.isOpen(c.replica, c.failureType)) return
+    if ((this.deferUntil.get(key) ?? Number.NEGATIVE_INFINITY) > this.options.now()) return
+    const p = this.act(c, cp, key)
+      .catch((err: unknown) => {
+        this.options.reportError(
+          'VLLM_MONITOR_MITIGATION_FAILED',
+          `mitigating ${c.failureType} on ${c.replica} failed: ${(err as Error).stack ?? String(err)}`,
+        )
+      })
+      .finally(() => this.running.delete(key))
+    this.running.set(key, p)
+  }
+
+  private async act(c: Candidate, cp: Checkpoint, key: string): Promise<void> {
+    const o = this.options
+    const t = o.now()
+    const features = await this.features(cp, c)
+    const decision = o.learner.choose(c.failureType, features)
+    const id = `m${t.toFixed(0)}-${++this.seq}`
+    const base = { id, replica: c.replica, failureType: c.failureType }
+    if (decision === null) {
+      this.writeAudit({ t, kind: 'skipped', ...base, strategy: null, reason: 'no strategy handles it' })
+      return
+    }
+    const strategy = o.learner.strategy(decision.strategy)
+    if (strategy === undefined) return
+    this.writeAudit({
+      t,
+      kind: 'decision',
+      ...base,
+      strategy: decision.strategy,
+      basis: decision.basis,
+      confidence: decision.confidence,
+      context: decision.context,
+      runbook: decision.runbook,
+      trigger: c.trigger,
+      features,
+    })
+    const record: ActionRecord = {
+      id,
+      t,
+      replica: c.replica,
+      failureType: c.failureType,
+      strategy: decision.strategy,
+      basis: decision.basis,
+      trigger: c.trigger,
+      result: null,
+      holdout: false,
+      judgement: null,
+      rolledBack: false,
+    }
+    const alreadyFailing = this.failingNow(cp, c)
+    if ((o.holdout ?? 0) > 0 && this.rand() < (o.holdout ?? 0)) {
+      record.holdout = true
+      this.remember(record)
+      this.writeAudit({ t, kind: 'skipped', ...base, strategy: decision.strategy, reason: 'holdout' })
+      this.judge.start({
+        id,
+        replica: c.replica,
+        failureType: c.failureType,
+        strategy: null,
+        t,
+        alreadyFailing,
+      })
+      this.pending.set(id, { record, decision, strategy })
+      return
+    }
+    const verdict = await o.safety.admit({
+      id,
+      replica: c.replica,
+      failureType: c.failureType,
+      strategy: decision.strategy,
+      disruptive: strategy.disruptive,
+      reason: c.trigger.detail,
+    })
+    if (!verdict.allowed) {
+      // Asking again every tick would only repeat the refusal (and re-ask a human who said no).
+      this.deferUntil.set(key, o.now() + (verdict.retryAfterMs ?? DEFER_MS))
+      this.count(decision.strategy, 'SKIPPED')
+      this.writeAudit({
+        t: o.now(),
+        kind: 'skipped',
+        ...base,
+        strategy: decision.strategy,
+        reason: verdict.reason,
+        detail: verdict.detail,
+      })
+      return
+    }
+    if (verdict.dryRun) {
+      o.safety.finish(id)
+      this.count(decision.strategy, 'SKIPPED')
+      this.writeAudit({
+        t: o.now(),
+        kind: 'skipped',
+        ...base,
+        strategy: decision.strategy,
+        reason: 'dry-run',
+      })
+      this.emitEvent(
+        'info',
+        c.replica,
+        `dry run: would run ${decision.strategy} for ${c.failureType} on ${c.replica} (${c.trigger.detail})`,
+        { strategy: decision.strategy, failureType: c.failureType, dryRun: true },
+      )
+      return
+    }
+    const ctx = this.context(c, cp)
+    let result: MitigationResult
+    try {
+      result = await this.execute(strategy, ctx)
+    } finally {
+      o.safety.finish(id)
+    }
+    record.result = result
+    this.remember(record)
+    this.count(decision.strategy, result.outcome)
+    this.writeAudit({
+      t: o.now(),
+      kind: 'action',
+      ...base,
+      strategy: decision.strategy,
+      outcome: result.outcome,
+      detail: result.detail,
+      actions: result.actions,
+    })
+    this.emitEvent(
+      result.outcome === 'FAILURE' ? 'warning' : 'info',
+      c.replica,
+      `${decision.strategy} for ${c.failureType} on ${c.replica}: ${result.outcome} (${result.detail})`,
+      {
+        strategy: decision.strategy,
+        outcome: result.outcome,
+        failureType: c.failureType,
+        basis: decision.basis,
+        trigger: c.trigger.kind,
+      },
+      'mitigation',
+    )
+    if (result.outcome === 'SKIPPED') return
+    this.judge.start({
+      id,
+      replica: c.replica,
+      failureType: c.failureType,
+      strategy: decision.strategy,
+      t,
+      alreadyFailing,
+    })
+    this.pending.set(id, { record, decision, strategy })
+    if (strategy.rollback !== undefined) this.inPlace.set(key, { record, strategy })
+  }
+
+  private readonly pending = new Map<
+    string,
+    { record: ActionRecord; decision: Decision; strategy: MitigationStrategy }
+  >()
+
+  private async execute(strategy: MitigationStrategy, ctx: MitigationContext): Promise<MitigationResult> {
+    const timeoutMs = this.options.actionTimeoutMs ?? 60_000
+    const ac = new AbortController()
+    const onClose = () => ac.abort(this.controller.signal.reason)
+    this.controller.signal.addEventListener('abort', onClose, { once: true })
+    let timer: ReturnType<typeof setTimeout> | null = null
+    const deadline = new Promise<MitigationResult>((resolve) => {
+      timer = setTimeout(() => {
+        ac.abort(new Error(`deadline of ${timeoutMs} ms passed`))
+        resolve({
+          outcome: 'FAILURE',
+          detail: `${strategy.name} did not finish within ${timeoutMs} ms`,
+          actions: [],
+        })
+      }, timeoutMs)
+      timer.unref?.()
+    })
+    try {
+      return await Promise.race([
+        Promise.resolve()
+          .then(() => strategy.execute({ ...ctx, signal: ac.signal }))
+          .then(
+            (r) => sanitize(strategy.name, r),
+            (err: unknown) => {
+              const e = new MitigationError(
+                `${strategy.name} threw: ${(err as Error)?.message ?? String(err)}`,
+                {
+                  cause: err,
+                },
+              )
+              this.options.reportError(e.code, e.message)
+              return { outcome: 'FAILURE' as const, detail: e.message, actions: [] }
+            },
+          ),
+        deadline,
+      ])
+    } finally {
+      if (timer !== null) clearTimeout(timer)
+      this.controller.signal.removeEventListener('abort', onClose)
+    }
+  }
+
+  private judged(j: Judgement): void {
+    const o = this.options
+    const p = this.pending.get(j.id)
+    this.pending.delete(j.id)
+    if (p !== undefined) {
+      p.record.judgement = j
+      // A holdout teaches nothing about a strategy; it is the no-action baseline.
+      if (!p.record.holdout && p.record.result !== null) {
+        o.learner.update(p.decision, j.reward, p.record.result.outcome)
+        this.saveLearner()
+      }
+    }
+    this.writeAudit({
+      t: j.judgedAt,
+      kind: 'outcome',
+      id: j.id,
+      replica: j.replica,
+      failureType: j.failureType,
+      strategy: j.strategy,
+      verdict: j.verdict,
+      sloRestored: j.sloRestored,
+      reward: j.reward,
+      failedAt: j.failedAt,
+      detail: j.detail,
+    })
+    this.emitEvent(
+      j.verdict === 'occurred' ? 'warning' : 'info',
+      j.replica,
+      j.detail,
+      {
+        strategy: j.strategy,
+        failureType: j.failureType,
+        verdict: j.verdict,
+        reward: j.reward,
+        sloRestored: j.sloRestored,
+      },
+      'mitigation-outcome',
+    )
+    const outcome =
+      j.verdict === 'avoided' ? (j.strategy === null ? 'false-alarm' : 'avoided') : ('occurred' as const)
+    try {
+      o.reportOutcome?.({ t: j.judgedAt, replica: j.replica, failureType: j.failureType, outcome })
+    } catch (err) {
+      o.reportError(
+        'VLLM_MONITOR_MITIGATION_FAILED',
+        `reporting an outcome failed: ${(err as Error).message}`,
+      )
+    }
+  }
+
+  /** Undoes actions left in place once their alarm has been quiet long enough (and they were judged). */
+  private rollbacks(t: number): void {
+    const quiet = this.options.rollbackQuietMs ?? 30_000
+    for (const [key, { record, strategy }] of this.inPlace) {
+      if (record.judgement === null) continue
+      const last = this.lastAlarmAt.get(key) ?? Number.NEGATIVE_INFINITY
+      if (t - last < quiet || this.running.has(key)) continue
+      // Quiet because the cap holds the demand back at the gateway is not over: lifting it now
+      // would let the queue flood the replica. Wait until the gateway holds nothing for it.
+      if (queuedFor(this.options.actuators.admission, record.replica) > 0) continue
+      this.inPlace.delete(key)
+      record.rolledBack = true
+      const cp = this.lastCp
+      const ctx = this.context(
+        {
+          replica: record.replica,
+          failureType: record.failureType,
+          prediction: null,
+          trigger: record.trigger,
+        },
+        cp,
+      )
+      const p = Promise.resolve()
+        .then(() => strategy.rollback?.(ctx))
+        .then(
+          () =>
+            this.writeAudit({
+              t: this.options.now(),
+              kind: 'rollback',
+              id: record.id,
+              replica: record.replica,
+              failureType: record.failureType,
+              strategy: record.strategy,
+              detail: `alarm quiet for ${Math.round((t - last) / 1000)} s`,
+            }),
+          (err: unknown) =>
+            this.options.reportError(
+              'VLLM_MONITOR_MITIGATION_FAILED',
+              `rolling back ${record.strategy} on ${record.replica} failed: ${(err as Error).message}`,
+            ),
+        )
+        .finally(() => this.running.delete(`${key}|rollback`))
+      this.running.set(`${key}|rollback`, p)
+    }
+  }
+
+  private context(c: Candidate, cp: Checkpoint | null): MitigationContext {
+    return {
+      replica: c.replica,
+      failureType: c.failureType,
+      prediction: c.prediction,
+      trigger: c.trigger,
+      checkpoint: cp,
+      replicas: cp === null ? [c.replica] : cp.engines.map((e) => e.replica),
+      actuators: this.options.actuators,
+      now: this.options.now,
+      signal: this.controller.signal,
+    }
+  }
+
+  /** The failure is already under way (a hang detected after it started, a storm in progress). */
+  private failingNow(cp: Checkpoint, c: Candidate): boolean {
+    if (c.failureType === 'network-failure' || c.failureType === 'hardware-failure') return true
+    const e = cp.engines.find((x) => x.replica === c.replica)
+    if (e === undefined) return false
+    if (c.failureType === 'oom') return e.lifecycleState === 'ERROR'
+    return false
+  }
+
+  private runningOf(replica: string): number | null {
+    const e = this.lastCp?.engines.find((x) => x.replica === replica)
+    return e?.reading?.requestsRunning ?? null
+  }
+
+  private trackMemory(cp: Checkpoint): void {
+    for (const g of cp.gpus) {
+      if (g.replica === null || g.memoryUsedBytes === null) continue
+      const key = `${g.replica}|${g.gpu}`
+      const prev = this.memory.get(key)
+      if (prev === undefined) this.memory.set(key, { t: cp.t, used: g.memoryUsedBytes, growth: null })
+      else if (cp.t - prev.t >= 5_000) {
+        const growth = ((g.memoryUsedBytes - prev.used) * 1000) / (cp.t - prev.t)
+        this.memory.set(key, { t: cp.t, used: g.memoryUsedBytes, growth })
+      }
+    }
+  }
+
+  /** The learner's context: the replica's readings, its worst GPU, and what the rest of the fleet can absorb. */
+  private async features(cp: Checkpoint, c: Candidate): Promise<LearnerFeatures> {
+    const e = cp.engines.find((x) => x.replica === c.replica)
+    const r = e?.reading ?? null
+    let memFrac: number | null = null
+    let growth: number | null = null
+    let temp: number | null = null
+    for (const g of cp.gpus) {
+      if (g.replica !== c.replica) continue
+      if (g.memoryUsedBytes !== null && g.memoryTotalBytes !== null && g.memoryTotalBytes > 0) {
+        const f = g.memoryUsedBytes / g.memoryTotalBytes
+        if (memFrac === null || f > memFrac) memFrac = f
+      }
+      const m = this.memory.get(`${c.replica}|${g.gpu}`)
+      if (m?.growth != null && (growth === null || m.growth > growth)) growth = m.growth
+      if (g.temperatureCelsius !== null && (temp === null || g.temperatureCelsius > temp))
+        temp = g.temperatureCelsius
+    }
+    let cotenant: number | null = null
+    const procs = this.options.actuators.processes
+    if (procs !== null) {
+      try {
+        const list = await procs.cotenants(c.replica)
+        cotenant = list.reduce((s, p) => s + (p.memoryUsedBytes ?? 0), 0)
+      } catch {
+        cotenant = null
+      }
+    }
+    // Headroom of the others: KV room on replicas that serve with no queue; none when all queue.
+    let room = 0
+    let others = 0
+    for (const x of cp.engines) {
+      if (x.replica === c.replica) continue
+      if (x.lifecycleState !== 'SERVING' && x.lifecycleState !== 'DEGRADED') continue
+      others++
+      const xr = x.reading
+      if (xr === null || x.stale) continue
+      if ((xr.requestsWaiting ?? 0) > 0) continue
+      room += Math.max(0, 1 - (xr.kvCacheUsage ?? 1))
+    }
+    return {
+      kvCacheUsage: r?.kvCacheUsage ?? null,
+      requestsWaiting: r?.requestsWaiting ?? null,
+      requestsRunning: r?.requestsRunning ?? null,
+      memoryUsedFraction: memFrac,
+      memoryGrowthBytesPerSec: growth,
+      cotenantMemoryBytes: cotenant,
+      tempCelsius: temp,
+      fleetHeadroom: others === 0 ? 0 : room / others,
+      probability: c.prediction?.probability ?? null,
+      timeToFailureS: c.prediction?.timeToFailureS ?? null,
+    }
+  }
+
+  private remember(r: ActionRecord): void {
+    if (!this.records.includes(r)) this.records.push(r)
+    if (this.records.length > MAX_RECORDS) this.records.splice(0, this.records.length - MAX_RECORDS)
+  }
+
+  private count(strategy: string, outcome: MitigationOutcome): void {
+    const key = `${strategy}|${outcome}`
+    const c = this.counts.get(key)
+    if (c === undefined) this.counts.set(key, { strategy, outcome, count: 1 })
+    else c.count++
+  }
+
+  private emitEvent(
+    severity: MonitorEvent['severity'],
+    replica: string,
+    message: string,
+    data: Record<string, unknown>,
+    type = 'mitigation',
+  ): void {
+    try {
+      this.options.emit({ type, severity, replica, gpu: null, message, data })
+    } catch (err) {
+      this.options.reportError(
+        'VLLM_MONITOR_MITIGATION_FAILED',
+        `emitting an event failed: ${(err as Error).message}`,
+      )
+    }
+  }
+
+  private writeAudit(entry: Omit<AuditEntry, 'at'>): void {
+    const log = this.options.audit
+    if (log == null) return
+    log.append(entry).catch((err: unknown) => {
+      this.options.reportError('VLLM_MONITOR_AUDIT_LOG', (err as Error).message)
+    })
+  }
+
+  private saveLearner(): void {
+    this.saving = this.saving
+      .then(() => this.options.learner.save())
+      .catch((err: unknown) => {
+        this.options.reportError(
+          'VLLM_MONITOR_LEARNER_STATE',
+          `saving the learner failed: ${(err as Error).message}`,
+        )
+      })
+  }
+}
+
+/** Requests the gateway holds back for the replica now (0 when the actuator cannot tell). */
+function queuedFor(admission: unknown, replica: string): number {
+  const a = admission as { queued?: (r: string) => number; state?: (r: string) => { queued?: number } } | null
+  try {
+    if (typeof a?.queued === 'function') return a.queued(replica)
+    if (typeof a?.state === 'function') return a.state(replica).queued ?? 0
+  } catch {
+    // An unknown replica, a closed gateway: nothing is held back that we can see.
+  }
+  return 0
+}
+
+function sanitize(name: string, r: unknown): MitigationResult {
+  const x = r as Partial<MitigationResult> | null
+  const outcomes: readonly string[] = ['SUCCESS', 'PARTIAL', 'FAILURE', 'SKIPPED']
+  if (x === null || typeof x !== 'object' || !outcomes.includes(String(x.outcome))) {
+    return { outcome: 'FAILURE', detail: `${name} returned no valid outcome`, actions: [] }
+  }
+  return {
+    outcome: x.outcome as MitigationOutcome,
+    detail: typeof x.detail === 'string' ? x.detail : '',
+    actions: Array.isArray(x.actions) ? x.actions.map(String) : [],
+  }
+}

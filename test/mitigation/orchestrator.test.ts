@@ -1,0 +1,370 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { DEFAULT_SLO, SCORING } from '../../src/forecast/spec.js'
+import { AdmissionController } from '../../src/gateway/admission.js'
+import { AuditLog, readAuditLog } from '../../src/mitigation/audit.js'
+import { ContinuousLearner } from '../../src/mitigation/learner.js'
+import { MitigationOrchestrator, type OrchestratorOptions } from '../../src/mitigation/orchestrator.js'
+import { SafetyGate } from '../../src/mitigation/safety.js'
+import type {
+  MitigationActuators,
+  MitigationContext,
+  MitigationResult,
+  MitigationStrategy,
+} from '../../src/mitigation/types.js'
+import type {
+  Checkpoint,
+  EngineReading,
+  EngineSnapshot,
+  FailureType,
+  MonitorEvent,
+  Prediction,
+} from '../../src/telemetry/types.js'
+import { engineReading } from '../helpers/records.js'
+
+const dirs: string[] = []
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true })
+})
+
+function engine(
+  replica: string,
+  over: Partial<EngineReading> = {},
+  state: EngineSnapshot['lifecycleState'] = 'SERVING',
+): EngineSnapshot {
+  return {
+    replica,
+    lifecycleState: state,
+    since: 0,
+    reason: '',
+    reading: engineReading(replica, {
+      requestsRunning: 40,
+      requestsWaiting: 0,
+      kvCacheUsage: 0.85,
+      ttftP99Ms: 300,
+      itlP99Ms: 30,
+      ...over,
+    }),
+    readingAt: 0,
+    stale: false,
+    derived: {
+      preemptionsPerSec: 0,
+      promptTokensPerSec: null,
+      generationTokensPerSec: null,
+      stepsPerSec: null,
+      errorsPerSec: null,
+      requestsFinishedPerSec: null,
+      ttftMeanMs: null,
+      itlMeanMs: null,
+      e2eMeanMs: null,
+      queueTimeMeanMs: null,
+      stalledForMs: 0,
+    },
+  }
+}
+
+function checkpoint(
+  t: number,
+  engines: EngineSnapshot[] = [engine('r0'), engine('r1', { kvCacheUsage: 0.3 })],
+): Checkpoint {
+  return { t, lifecycleState: 'SERVING', engines, gpus: [], events: [], errors: [], predictions: [] }
+}
+
+function alarm(failureType: FailureType, replica = 'r0', probability = 0.95): Prediction {
+  const horizonS = SCORING[failureType].horizonS
+  return {
+    failureType,
+    probability,
+    timeToFailureS: 20,
+    horizonS,
+    target: { replica, gpu: 0 },
+    evidence: [],
+    model: 'test-v1',
+  }
+}
+
+/** A strategy that records its calls and answers what it is told. */
+class Recorder implements MitigationStrategy {
+  readonly calls: MitigationContext[] = []
+  readonly rollbacks: string[] = []
+  answer: (ctx: MitigationContext) => Promise<MitigationResult> = async () => ({
+    outcome: 'SUCCESS',
+    detail: 'done',
+    actions: ['pulled a lever'],
+  })
+  constructor(
+    readonly name: string,
+    readonly handles: readonly FailureType[],
+    readonly disruptive = false,
+  ) {}
+  execute(ctx: MitigationContext): Promise<MitigationResult> {
+    this.calls.push(ctx)
+    return this.answer(ctx)
+  }
+  async rollback(ctx: MitigationContext): Promise<void> {
+    this.rollbacks.push(ctx.replica)
+  }
+}
+
+function actuators(over: Partial<MitigationActuators> = {}): MitigationActuators {
+  return {
+    admission: null,
+    routing: null,
+    control: () => null,
+    supervisor: () => null,
+    processes: null,
+    scalers: [],
+    ...over,
+  }
+}
+
+interface Setup {
+  orch: MitigationOrchestrator
+  clock: { t: number }
+  events: MonitorEvent[]
+  errors: Array<{ code: string; message: string }>
+  outcomes: Array<{ failureType: FailureType; outcome: string }>
+  learner: ContinuousLearner
+  strategy: Recorder
+}
+
+function setup(
+  over: Partial<OrchestratorOptions> = {},
+  strategy = new Recorder('ReduceBatchSize', ['kv-exhaustion']),
+): Setup {
+  const clock = { t: 0 }
+  const now = () => clock.t
+  const learner = new ContinuousLearner({ seed: 1, now })
+  learner.registerStrategy(strategy.name, strategy)
+  const events: MonitorEvent[] = []
+  const errors: Array<{ code: string; message: string }> = []
+  const outcomes: Array<{ failureType: FailureType; outcome: string }> = []
+  const orch = new MitigationOrchestrator({
+    learner,
+    actuators: actuators(),
+    safety: new SafetyGate({ now }),
+    slo: DEFAULT_SLO,
+    now,
+    emit: (e) => events.push(e),
+    reportError: (code, message) => errors.push({ code, message }),
+    reportOutcome: (o) => outcomes.push(o),
+    judgeWindowMs: { 'kv-exhaustion': 10_000 },
+    rollbackQuietMs: 5_000,
+    ...over,
+  })
+  return { orch, clock, events, errors, outcomes, learner, strategy }
+}
+
+/** Advances the clock in 1 s forecast ticks, with the given alarms on each. */
+async function run(
+  s: Setup,
+  untilMs: number,
+  alarms: (t: number) => Prediction[] = () => [],
+  cp = checkpoint,
+) {
+  while (s.clock.t < untilMs) {
+    s.clock.t += 1000
+    const a = alarms(s.clock.t)
+    s.orch.observe(cp(s.clock.t), a, a)
+    await s.orch.settle()
+  }
+}
+
+describe('the mitigation orchestrator', () => {
+  it('turns an alarm into one action through the chosen strategy, an event and a counted outcome', async () => {
+    const s = setup()
+    await run(s, 3000, (t) => (t === 1000 ? [alarm('kv-exhaustion')] : []))
+    expect(s.strategy.calls).toHaveLength(1)
+    const ctx = s.strategy.calls[0]!
+    expect(ctx.replica).toBe('r0')
+    expect(ctx.failureType).toBe('kv-exhaustion')
+    expect(ctx.prediction?.probability).toBe(0.95)
+    expect(ctx.replicas).toEqual(['r0', 'r1'])
+    expect(s.orch.triggered()).toEqual([{ strategy: 'ReduceBatchSize', outcome: 'SUCCESS', count: 1 }])
+    const ev = s.events.find((e) => e.type === 'mitigation')
+    expect(ev?.message).toMatch(/ReduceBatchSize for kv-exhaustion on r0: SUCCESS/)
+  })
+
+  it('acts once per replica and failure type while the first action is in place, however long the alarm lasts', async () => {
+    const s = setup()
+    await run(s, 8000, () => [alarm('kv-exhaustion')])
+    expect(s.strategy.calls).toHaveLength(1)
+  })
+
+  it('judges the outcome after the window, teaches the learner and labels the forecaster', async () => {
+    const s = setup()
+    await run(s, 12_000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []))
+    const [record] = s.orch.actions()
+    expect(record?.judgement?.verdict).toBe('avoided')
+    expect(record?.judgement?.reward).toBe(1)
+    expect(s.outcomes).toEqual([
+      expect.objectContaining({ failureType: 'kv-exhaustion', outcome: 'avoided' }),
+    ])
+    const [score] = s.learner.scores('kv-exhaustion', {
+      kvCacheUsage: 0.85,
+      requestsWaiting: 0,
+      requestsRunning: 40,
+      memoryUsedFraction: null,
+      memoryGrowthBytesPerSec: null,
+      cotenantMemoryBytes: null,
+      tempCelsius: null,
+      fleetHeadroom: 0.7,
+      probability: 0.95,
+      timeToFailureS: 20,
+    })
+    expect(score?.trials).toBe(1)
+    expect(
+      s.events.some(
+        (e) => e.type === 'mitigation-outcome' && /avoided after ReduceBatchSize/.test(e.message),
+      ),
+    ).toBe(true)
+  })
+
+  it('scores a failure that happened inside the window as occurred, with no reward', async () => {
+    const s = setup()
+    let preemptions = 0
+    const cp = (t: number) => {
+      if (t >= 5000) preemptions += 3
+      return checkpoint(t, [
+        engine('r0', { kvCacheUsage: 0.97, preemptionsTotal: preemptions }),
+        engine('r1'),
+      ])
+    }
+    await run(s, 12_000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []), cp)
+    const [record] = s.orch.actions()
+    expect(record?.judgement?.verdict).not.toBe('avoided')
+    expect(s.outcomes[0]?.outcome).toBe('occurred')
+  })
+
+  it('rolls an action back once its alarm has been quiet, after it was judged', async () => {
+    const s = setup()
+    await run(s, 20_000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []))
+    expect(s.strategy.rollbacks).toEqual(['r0'])
+    expect(s.orch.actions()[0]?.rolledBack).toBe(true)
+  })
+
+  it('keeps an action in place while its alarm goes on past the window', async () => {
+    const s = setup()
+    await run(s, 20_000, () => [alarm('kv-exhaustion')])
+    expect(s.strategy.rollbacks).toEqual([])
+  })
+
+  it('reports a strategy that throws as a FAILURE and goes on', async () => {
+    const s = setup()
+    s.strategy.answer = async () => {
+      throw new Error('actuator exploded')
+    }
+    await run(s, 2000, () => [alarm('kv-exhaustion')])
+    expect(s.orch.triggered()).toEqual([{ strategy: 'ReduceBatchSize', outcome: 'FAILURE', count: 1 }])
+    expect(
+      s.errors.some(
+        (e) => e.code === 'VLLM_MONITOR_MITIGATION_FAILED' && /actuator exploded/.test(e.message),
+      ),
+    ).toBe(true)
+  })
+
+  it('gives up on a strategy that never answers at its deadline and aborts it', async () => {
+    const s = setup({ actionTimeoutMs: 50 })
+    let aborted = false
+    s.strategy.answer = (ctx) =>
+      new Promise(() => {
+        ctx.signal.addEventListener('abort', () => {
+          aborted = true
+        })
+      })
+    await run(s, 1000, () => [alarm('kv-exhaustion')])
+    expect(s.orch.actions()[0]?.result?.outcome).toBe('FAILURE')
+    expect(s.orch.actions()[0]?.result?.detail).toMatch(/did not finish within 50 ms/)
+    expect(aborted).toBe(true)
+  })
+
+  it('only logs in dry-run mode', async () => {
+    const clock = { t: 0 }
+    const s = setup({ safety: new SafetyGate({ dryRun: true, now: () => clock.t }), now: () => clock.t })
+    s.clock.t = 0
+    Object.assign(s, { clock })
+    await run(s, 2000, () => [alarm('kv-exhaustion')])
+    expect(s.strategy.calls).toHaveLength(0)
+    expect(s.orch.triggered()).toEqual([expect.objectContaining({ outcome: 'SKIPPED' })])
+    expect(s.events.some((e) => /dry run: would run ReduceBatchSize/.test(e.message))).toBe(true)
+  })
+
+  it('holds a decision out as the counterfactual: chosen, not executed, judged', async () => {
+    const s = setup({ holdout: 1 })
+    await run(s, 12_000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []))
+    expect(s.strategy.calls).toHaveLength(0)
+    const [record] = s.orch.actions()
+    expect(record?.holdout).toBe(true)
+    expect(record?.judgement?.strategy).toBeNull()
+    // No action and no failure: the alarm was a false one.
+    expect(s.outcomes[0]?.outcome).toBe('false-alarm')
+  })
+
+  it('asks the approval hook before a disruptive action and respects a denial', async () => {
+    const asked: string[] = []
+    const clock = { t: 0 }
+    const restart = new Recorder('RestartNCCL', ['network-failure'], true)
+    const s = setup(
+      {
+        safety: new SafetyGate({
+          now: () => clock.t,
+          approve: (r) => {
+            asked.push(`${r.strategy} on ${r.replica}`)
+            return false
+          },
+        }),
+        now: () => clock.t,
+      },
+      restart,
+    )
+    Object.assign(s, { clock })
+    // The denial holds: the next ticks' alarms do not ask again at once.
+    await run(s, 5000, () => [alarm('network-failure')])
+    expect(asked).toEqual(['RestartNCCL on r0'])
+    expect(restart.calls).toHaveLength(0)
+    expect(s.orch.triggered()).toEqual([{ strategy: 'RestartNCCL', outcome: 'SKIPPED', count: 1 }])
+  })
+
+  it('acts on predictions above the configured threshold when one is set, alarms or not', async () => {
+    const s = setup({ threshold: 0.9 })
+    s.clock.t += 1000
+    const low = alarm('kv-exhaustion', 'r0', 0.85)
+    s.orch.observe(checkpoint(s.clock.t), [low], [low])
+    await s.orch.settle()
+    expect(s.strategy.calls).toHaveLength(0)
+    s.clock.t += 1000
+    const high = alarm('kv-exhaustion', 'r0', 0.92)
+    s.orch.observe(checkpoint(s.clock.t), [high], [])
+    await s.orch.settle()
+    expect(s.strategy.calls).toHaveLength(1)
+  })
+
+  it('caps the replica at once from the native fast path, before any await', async () => {
+    const admission = new AdmissionController()
+    const s = setup({ actuators: actuators({ admission }) })
+    s.clock.t = 1000
+    s.orch.observe(checkpoint(1000, [engine('r0', { requestsRunning: 30 })]), [], [])
+    const limit = s.orch.nativeAlert('r0', 'GPU 0 memory 98.5 %')
+    expect(limit).toBe(15)
+    expect(admission.state('r0').cap).toBe(15)
+  })
+
+  it('appends the decision, the action and the outcome to the audit log', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vllm-monitor-'))
+    dirs.push(dir)
+    const path = join(dir, 'audit.jsonl')
+    const audit = await AuditLog.open(path)
+    const s = setup({ audit })
+    await run(s, 12_000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []))
+    await audit.close()
+    const { entries, torn } = await readAuditLog(path)
+    expect(torn).toBe(0)
+    // Judged at 11 s, then rolled back once the alarm had been quiet for 5 s.
+    expect(entries.map((e) => e.kind)).toEqual(['decision', 'action', 'outcome', 'rollback'])
+    expect(new Set(entries.map((e) => e.id)).size).toBe(1)
+    expect(entries[0]).toMatchObject({ strategy: 'ReduceBatchSize', basis: 'runbook', replica: 'r0' })
+    expect(entries[2]).toMatchObject({ verdict: 'avoided', reward: 1 })
+  })
+})
