@@ -149,6 +149,83 @@ export {
   type LifecycleMachineOptions,
 } from './lifecycle/machine.js'
 export { rollUpStates } from './lifecycle/rollup.js'
+export {
+  type KubernetesScalerOptions,
+  kubernetesScaler,
+  maxNumSeqsOf,
+  type NvidiaSmiProcessesOptions,
+  processesFromNvidiaSmi,
+  restartFromSupervisor,
+  routingFromPicker,
+  type WebhookScalerOptions,
+  webhookScaler,
+  withMaxNumSeqs,
+} from './mitigation/actuators.js'
+export {
+  type AuditEntry,
+  type AuditKind,
+  AuditLog,
+  type AuditLogOptions,
+  readAuditLog,
+} from './mitigation/audit.js'
+export {
+  ContinuousLearner,
+  type ContinuousLearnerOptions,
+  contextKey,
+  DEFAULT_RUNBOOK,
+  type Decision,
+  describeContext,
+  type LearnedRule,
+  type LearnerFeatures,
+  type LearnerState,
+  type Recommendation,
+} from './mitigation/learner.js'
+export {
+  type ActionRecord,
+  type MitigationCount,
+  MitigationOrchestrator,
+  type OrchestratorOptions,
+} from './mitigation/orchestrator.js'
+export {
+  DEFAULT_JUDGE_WINDOW_MS,
+  type Judgement,
+  OutcomeJudge,
+  rewardOf,
+  type Verdict as OutcomeVerdict,
+} from './mitigation/outcome.js'
+export { MitigationRuntime } from './mitigation/runtime.js'
+export {
+  type ApprovalRequest,
+  SafetyGate,
+  type SafetyOptions,
+  type Verdict as SafetyVerdict,
+} from './mitigation/safety.js'
+export {
+  type ClosedLoopMode,
+  type ClosedLoopOptions,
+  type ClosedLoopResult,
+  type FaultOutcome,
+  PREVENTABLE_FAULTS,
+  runClosedLoop,
+  SCENARIO_FAILURE_TYPE,
+  SIM_CANDIDATES,
+} from './mitigation/simulate.js'
+export * from './mitigation/strategies/index.js'
+export type {
+  ControlActuator,
+  MitigationActuators,
+  MitigationContext,
+  MitigationOutcome,
+  MitigationResult,
+  MitigationStrategy,
+  MitigationTrigger,
+  ProcessActuator,
+  RestartActuator,
+  RoutingActuator,
+  ScaleActuator,
+  ScaleRequest,
+  ShedActuator,
+} from './mitigation/types.js'
 export { MonitorCore, type MonitorCoreOptions } from './monitor/core.js'
 export {
   createMonitor,
@@ -186,6 +263,14 @@ export {
 } from './sim/arrivals.js'
 export { FAULT_TYPES, type FaultSpec, type FaultSpecInput } from './sim/faults.js'
 export { type FleetOptions, SimFleet } from './sim/fleet.js'
+export {
+  type SimActuatorOptions,
+  SimGateway,
+  type SimGatewayOptions,
+  type SimGatewayRequest,
+  type SimGatewayStats,
+  simActuators,
+} from './sim/gateway.js'
 export { SimGpuSource, type SimGpuSourceOptions } from './sim/gpu-source.js'
 export { GPUS, type GpuProfile, MODELS, type ModelProfile } from './sim/hardware.js'
 export { createRng, Rng } from './sim/random.js'
@@ -208,7 +293,6 @@ export type {
   MonitorPlugin,
   Prediction,
   PredictionTarget,
-  Strategy,
   TelemetryRecord,
   TelemetrySource,
   TimedEvent,

@@ -50,6 +50,11 @@ export interface OrchestratorOptions {
   actionTimeoutMs?: number
   /** An action left in place is rolled back once its alarm has been quiet this long (default 30 s). */
   rollbackQuietMs?: number
+  /**
+   * The strategies the learner may choose from for a failure type (default: every registered one
+   * that handles it). Leave out those whose actuators this deployment lacks.
+   */
+  candidates?: (failureType: FailureType) => readonly string[]
   /** Share of the running requests the native reflex caps a replica at (default 0.5). */
   nativeCapFraction?: number
   now: () => number
@@ -74,6 +79,9 @@ export interface ActionRecord {
   failureType: FailureType
   strategy: string
   basis: Decision['basis']
+  /** The learner's context bucket and the features it was built from. */
+  context: string
+  features: LearnerFeatures
   trigger: MitigationTrigger
   /** What execute returned; null for a holdout or while it runs. */
   result: MitigationResult | null
@@ -198,7 +206,10 @@ export class MitigationOrchestrator {
       const running = this.runningOf(replica)
       limit = Math.max(1, Math.floor((running ?? 8) * (this.options.nativeCapFraction ?? 0.5)))
       try {
-        admission.cap(replica, limit, 'native memory watch')
+        // A repeated alert must not loosen a tighter cap already held (the considered response's).
+        const held = capOf(admission, replica)
+        if (held !== null && held <= limit) limit = held
+        else admission.cap(replica, limit, 'native memory watch')
       } catch (err) {
         this.options.reportError(
           'VLLM_MONITOR_MITIGATION_FAILED',
@@ -291,7 +302,7 @@ export class MitigationOrchestrator {
     const o = this.options
     const t = o.now()
     const features = await this.features(cp, c)
-    const decision = o.learner.choose(c.failureType, features)
+    const decision = o.learner.choose(c.failureType, features, o.candidates?.(c.failureType))
     const id = `m${t.toFixed(0)}-${++this.seq}`
     const base = { id, replica: c.replica, failureType: c.failureType }
     if (decision === null) {
@@ -319,6 +330,8 @@ export class MitigationOrchestrator {
       failureType: c.failureType,
       strategy: decision.strategy,
       basis: decision.basis,
+      context: decision.context,
+      features,
       trigger: c.trigger,
       result: null,
       holdout: false,
@@ -711,6 +724,12 @@ export class MitigationOrchestrator {
         )
       })
   }
+}
+
+/** The cap the admission actuator holds on the replica now (null: none, or it cannot tell). */
+function capOf(admission: unknown, replica: string): number | null {
+  const a = admission as { state?: (r: string) => { cap?: number | null } } | null
+  return typeof a?.state === 'function' ? (a.state(replica).cap ?? null) : null
 }
 
 /** Requests the gateway holds back for the replica now (0 when the actuator cannot tell). */

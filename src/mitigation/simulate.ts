@@ -13,7 +13,7 @@ import { DEFAULT_MODEL_DIR, PredictiveDetector } from '../forecast/predictive.js
 import { DEFAULT_SLO, type SloOptions } from '../forecast/spec.js'
 import { MonitorCore } from '../monitor/core.js'
 import { SimFleet } from '../sim/fleet.js'
-import { SimGateway, type SimGatewayStats, simActuators } from '../sim/gateway.js'
+import { SimGateway, simActuators } from '../sim/gateway.js'
 import { scenario as namedScenario, type ScenarioOptions } from '../sim/scenarios.js'
 import type { FailureType, FaultLabel, FaultType, MonitorEvent } from '../telemetry/types.js'
 import { LogLineSource } from '../vllm/log-source.js'
@@ -43,6 +43,8 @@ export interface ClosedLoopOptions extends Pick<ScenarioOptions, 'ratePerReplica
   /** The forecaster's model (default the shipped one; null: the threshold baseline). */
   model?: string | ModelArtifacts | null
   holdout?: number
+  /** The strategies the learner chooses from per failure type (default `SIM_CANDIDATES`). */
+  candidates?: Partial<Record<FailureType, readonly string[]>>
   slo?: SloOptions
   onEvent?: (t: number, event: MonitorEvent) => void
 }
@@ -56,6 +58,36 @@ export const PREVENTABLE_FAULTS: readonly FaultType[] = [
   'thermal-throttle',
   'nccl-hang',
 ]
+
+/**
+ * The strategies that can act in the simulator, per failure type: it has a gateway, control
+ * endpoints, a supervisor and co-tenants to end, but no platform to scale (ScaleResources), and
+ * the escalation RestartWithSmallerBatch only follows a cap.
+ */
+export const SIM_CANDIDATES: Readonly<Partial<Record<FailureType, readonly string[]>>> = {
+  'kv-exhaustion': ['ReduceBatchSize', 'RebalanceLoad', 'ShedLoad'],
+  oom: ['EmergencyGPUMemoryCleanup', 'ReduceBatchSize', 'RebalanceLoad', 'RestartReplica'],
+  'thermal-throttle': ['RebalanceLoad', 'ReduceBatchSize'],
+  'network-failure': ['RestartNCCL', 'RestartReplica'],
+  'slo-violation': ['ShedLoad', 'ReduceBatchSize', 'RebalanceLoad'],
+  'queue-overflow': ['ShedLoad', 'ReduceBatchSize', 'RebalanceLoad'],
+  'hardware-failure': ['RebalanceLoad'],
+}
+
+/** The failure type each failure scenario's fault is (what a strategy is chosen for). */
+export const SCENARIO_FAILURE_TYPE: Readonly<Record<string, FailureType>> = {
+  'kv-exhaustion': 'kv-exhaustion',
+  'kv-surge': 'kv-exhaustion',
+  'gpu-oom-spike': 'oom',
+  'gpu-oom-cotenant': 'oom',
+  'memory-leak': 'oom',
+  'thermal-throttle': 'thermal-throttle',
+  'nccl-hang': 'network-failure',
+  'xid-48': 'hardware-failure',
+  'xid-79': 'hardware-failure',
+  'engine-death': 'hardware-failure',
+  'perf-drift': 'slo-violation',
+}
 
 /** A hang counts as recovered when its replica serves again within this long of the hang. */
 export const RECOVERY_BOUND_MS = 120_000
@@ -72,15 +104,33 @@ export interface FaultOutcome {
   verdict: 'avoided' | 'recovered' | 'occurred'
 }
 
+export interface RequestCounts {
+  arrived: number
+  ok: number
+  /** Failed by their replica (died, restarted, killed with it in flight). */
+  failed: number
+  /** No replica could take them (connection refused). */
+  lost: number
+  /** 429 at once (shed, queue full). */
+  shed: number
+  /** 429 after waiting out the gateway's queue timeout. */
+  queueTimeout: number
+}
+
 export interface ClosedLoopResult {
   scenario: string
   seed: number
   mode: ClosedLoopMode
   durationMs: number
   faults: FaultOutcome[]
-  /** Simulated minutes in which p99 TTFT (from arrival at the gateway) broke the SLO, or a request failed. */
+  /**
+   * Simulated minutes since the fleet first served in which p99 TTFT (from arrival at the gateway)
+   * broke the SLO, a request failed or waited out the queue for a 429, or one still waited for its
+   * first token past the SLO.
+   */
   sloMinutes: number
-  requests: SimGatewayStats
+  /** Requests that arrived once the fleet served, by how they ended (still running: not counted). */
+  requests: RequestCounts
   actions: ActionRecord[]
   wallMs: number
 }
@@ -99,8 +149,23 @@ export async function runClosedLoop(o: ClosedLoopOptions): Promise<ClosedLoopRes
   const durationMs = o.durationMs ?? sc.durationMs
   const slo = o.slo ?? DEFAULT_SLO
   const fleet = new SimFleet(sc.fleet)
-  const gateway = new SimGateway()
+  // Requests are counted from the moment every replica first served: a fleet still booting is
+  // nobody's SLO, and would add the same losses to every mode.
+  let warmMs = Number.POSITIVE_INFINITY
+  const requests: RequestCounts = { arrived: 0, ok: 0, failed: 0, lost: 0, shed: 0, queueTimeout: 0 }
+  const gateway = new SimGateway({
+    onRequest: (q) => {
+      if (q.arrivalMs < warmMs) return
+      requests.arrived++
+      if (q.outcome === 'ok') requests.ok++
+      else if (q.outcome === 'shed') requests.shed++
+      else if (q.outcome === 'queue-timeout') requests.queueTimeout++
+      else if (q.replica === null) requests.lost++
+      else requests.failed++
+    },
+  })
   fleet.attachGateway(gateway)
+  const served = new Set<string>()
   const core = new MonitorCore({
     checkpointIntervalMs: 100,
     scrapeIntervalMs: 100,
@@ -118,6 +183,11 @@ export async function runClosedLoop(o: ClosedLoopOptions): Promise<ClosedLoopRes
     },
     gpuEvent: (event, t) => core.push({ t, kind: 'event', ...event }),
     label: (label, t) => labels.push({ ...label, t }),
+    listening: (replica, open) => {
+      if (!open || served.has(replica.name)) return
+      served.add(replica.name)
+      if (served.size === fleet.replicas.length) warmMs = fleet.now
+    },
   })
   if (o.model === undefined) shippedModel ??= loadModelArtifacts(DEFAULT_MODEL_DIR)
   const model = o.model === undefined ? await (shippedModel as Promise<ModelArtifacts>) : o.model
@@ -151,6 +221,7 @@ export async function runClosedLoop(o: ClosedLoopOptions): Promise<ClosedLoopRes
       slo,
       now,
       seed: o.seed,
+      candidates: (type) => (o.candidates ?? SIM_CANDIDATES)[type] ?? [],
       ...(o.holdout === undefined ? {} : { holdout: o.holdout }),
       emit: (e) => {
         core.push({ t: fleet.now, kind: 'event', ...e })
@@ -189,8 +260,12 @@ export async function runClosedLoop(o: ClosedLoopOptions): Promise<ClosedLoopRes
     mode: o.mode,
     durationMs,
     faults: faultOutcomes(labels, fleet),
-    sloMinutes: gateway.sloMinutes(slo.ttftP99Ms),
-    requests: gateway.stats(),
+    sloMinutes: gateway.sloMinutes(
+      slo.ttftP99Ms,
+      undefined,
+      Number.isFinite(warmMs) ? { fromMs: warmMs } : {},
+    ),
+    requests,
     actions: orch === null ? [] : [...orch.actions()],
     wallMs: performance.now() - wall0,
   }

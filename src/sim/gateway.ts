@@ -150,6 +150,10 @@ export class SimGateway implements FleetGateway, AdmissionActuator, RoutingActua
   readonly #options: Required<Omit<SimGatewayOptions, 'onRequest'>>
   readonly #onRequest: ((request: SimGatewayRequest) => void) | null
   readonly #minutes: Minute[] = []
+  /** Requests not ended yet (waiting here or in flight): a stuck one counts against the SLO too. */
+  readonly #live = new Set<Live>()
+  /** (arrival, end) of requests that ended without a first token after waiting (failed, timed out). */
+  readonly #unanswered: number[] = []
   #firstArrivalMs = -1
   #stats: SimGatewayStats = {
     arrived: 0,
@@ -226,6 +230,7 @@ export class SimGateway implements FleetGateway, AdmissionActuator, RoutingActua
       firstTokenMs: -1,
       lastTokenMs: -1,
     }
+    this.#live.add(live)
     const lane = this.#route(live)
     if (lane === null) {
       this.#lose(live, tMs)
@@ -390,11 +395,17 @@ export class SimGateway implements FleetGateway, AdmissionActuator, RoutingActua
   }
 
   #end(live: Live, outcome: SimRequestOutcome, tMs: number, retryAfterS: number | null): void {
+    this.#live.delete(live)
+    if (live.firstTokenMs < 0 && outcome !== 'ok' && outcome !== 'shed')
+      this.#unanswered.push(live.arrivalMs, tMs)
     const s = this.#stats
     if (outcome === 'ok') s.ok++
     else if (outcome === 'shed') s.shed++
-    else if (outcome === 'queue-timeout') s.queueTimeout++
-    else {
+    else if (outcome === 'queue-timeout') {
+      s.queueTimeout++
+      // Its client waited the whole queue timeout for a 429: that wait broke the SLO.
+      this.#minute(tMs).failed++
+    } else {
       if (live.lane === null) s.lost++
       else s.failed++
       this.#minute(tMs).failed++
@@ -431,20 +442,44 @@ export class SimGateway implements FleetGateway, AdmissionActuator, RoutingActua
    * Simulated minutes, counted from the first arrival, in which the p99 TTFT (from arrival at the
    * gateway, so its queueing counts) of the requests that got their first token in that minute
    * exceeded `sloTtftMs`, or the p99 inter-token gap exceeded `sloItlMs`, or any request failed
-   * (its replica failed it, or none could take it). Latencies are kept in 1 %-wide buckets: a
+   * (its replica failed it, or none could take it), or waited out the queue timeout for a 429, or
+   * is still waiting for its first token past the SLO. `fromMs`: only minutes ending after it (a
+   * fleet still booting is nobody's SLO). Latencies are kept in 1 %-wide buckets: a
    * p99 within 1 % above the SLO does not count.
    */
-  sloMinutes(sloTtftMs: number, sloItlMs?: number): number {
+  sloMinutes(sloTtftMs: number, sloItlMs?: number, options: { fromMs?: number } = {}): number {
     if (!(sloTtftMs > 0))
       throw new InvalidArgumentError('sloTtftMs must be a positive number of milliseconds')
     if (sloItlMs !== undefined && !(sloItlMs > 0))
       throw new InvalidArgumentError('sloItlMs must be a positive number of milliseconds')
     const ttftBar = bucketOf(sloTtftMs)
     const itlBar = sloItlMs === undefined ? Number.POSITIVE_INFINITY : bucketOf(sloItlMs)
+    const now = this.#fleet === null ? 0 : this.#now()
+    // Requests still without a first token past the SLO (stuck on a hung engine, queued behind a
+    // cap) break it in the minute their deadline passed, though no TTFT was ever observed.
+    const stuck = new Set<number>()
+    const minuteOf = (t: number) => Math.max(0, Math.floor((t - this.#firstArrivalMs) / kMinuteMs))
+    for (const live of this.#live) {
+      const due = live.arrivalMs + sloTtftMs
+      if (live.firstTokenMs < 0 && due < now) stuck.add(minuteOf(due))
+    }
+    // So do requests that ended without one after waiting past it (a hung engine's, failed when
+    // its watchdog fired ten minutes later; a queue timeout).
+    const u = this.#unanswered
+    for (let i = 0; i < u.length; i += 2) {
+      const due = (u[i] as number) + sloTtftMs
+      if ((u[i + 1] as number) > due) stuck.add(minuteOf(due))
+    }
+    const first =
+      options.fromMs === undefined ? 0 : Math.floor((options.fromMs - this.#firstArrivalMs) / kMinuteMs)
     let n = 0
-    for (const m of this.#minutes) {
-      if (m === undefined) continue
-      if (m.failed > 0 || p99Bucket(m.ttft) > ttftBar || p99Bucket(m.itl) > itlBar) n++
+    const last = Math.max(this.#minutes.length, stuck.size === 0 ? 0 : Math.max(...stuck) + 1)
+    for (let i = Math.max(0, first); i < last; i++) {
+      const m = this.#minutes[i]
+      const bad =
+        stuck.has(i) ||
+        (m !== undefined && (m.failed > 0 || p99Bucket(m.ttft) > ttftBar || p99Bucket(m.itl) > itlBar))
+      if (bad) n++
     }
     return n
   }

@@ -256,14 +256,6 @@ export interface Detector {
   detect(checkpoint: Checkpoint, emit: (event: MonitorEvent) => void): void
 }
 
-/** A mitigation strategy (implemented by the mitigation issue). */
-export interface Strategy {
-  readonly name: string
-  /** Whether this strategy applies to the checkpoint, and how strongly (0-1). */
-  applicable(checkpoint: Checkpoint): number
-  apply(checkpoint: Checkpoint, signal: AbortSignal): Promise<{ ok: boolean; detail: string }>
-}
-
 /** A plugin sees records and checkpoints; what it throws is caught, counted and reported. */
 export interface MonitorPlugin {
   readonly name: string

@@ -11,6 +11,12 @@ export interface RebalanceLoadOptions {
   weight?: number
   /** The weight for a hardware failure (default 0). */
   hardwareFailureWeight?: number
+  /**
+   * The weight for thermal throttling (default 0.1): heat follows the work, and with degraded
+   * cooling a quarter of the traffic still heats the GPU past its slowdown point (bench/mitigation);
+   * a trickle keeps it warm and serving.
+   */
+  thermalWeight?: number
   handles?: readonly FailureType[]
 }
 
@@ -22,6 +28,7 @@ export class RebalanceLoad implements MitigationStrategy {
   readonly disruptive = false
   readonly weight: number
   readonly hardwareFailureWeight: number
+  readonly thermalWeight: number
   /** Per replica: the weight before this strategy lowered it. */
   readonly #previous = new Map<string, number>()
 
@@ -29,6 +36,7 @@ export class RebalanceLoad implements MitigationStrategy {
     const o = new OptionReader(kName, options)
     this.weight = o.nonNegative('weight', 0.25)
     this.hardwareFailureWeight = o.nonNegative('hardwareFailureWeight', 0)
+    this.thermalWeight = o.nonNegative('thermalWeight', 0.1)
     this.handles = o.failureTypes('handles', [
       'kv-exhaustion',
       'thermal-throttle',
@@ -55,7 +63,12 @@ export class RebalanceLoad implements MitigationStrategy {
       (r) => r !== replica && isServing(ctx.checkpoint, r) && routing.weight(r) > 0,
     )
     if (others.length === 0) return result('SKIPPED', 'no other replica to take the load', actions)
-    const weight = ctx.failureType === 'hardware-failure' ? this.hardwareFailureWeight : this.weight
+    const weight =
+      ctx.failureType === 'hardware-failure'
+        ? this.hardwareFailureWeight
+        : ctx.failureType === 'thermal-throttle'
+          ? this.thermalWeight
+          : this.weight
     let prev: number
     try {
       prev = routing.weight(replica)

@@ -68,7 +68,14 @@ export class ReduceBatchSize implements MitigationStrategy {
     this.targetKvUsage = o.fraction('targetKvUsage', 0.85)
     this.minCap = o.positiveInt('minCap', 1)
     this.ledger = o.object('ledger', () => new CapLedger())
-    this.handles = o.failureTypes('handles', ['kv-exhaustion', 'oom', 'slo-violation', 'queue-overflow'])
+    this.handles = o.failureTypes('handles', [
+      'kv-exhaustion',
+      'oom',
+      'slo-violation',
+      'queue-overflow',
+      // A smaller batch draws less power: the GPU cools while the cooling is degraded.
+      'thermal-throttle',
+    ])
   }
 
   async execute(ctx: MitigationContext): Promise<MitigationResult> {
