@@ -201,8 +201,9 @@ export class MitigationOrchestrator {
   nativeAlert(replica: string, detail: string): number | null {
     if (this.closed) return null
     const admission = this.options.actuators.admission
+    const dryRun = this.options.safety.dryRun
     let limit: number | null = null
-    if (admission !== null) {
+    if (admission !== null && !dryRun) {
       const running = this.runningOf(replica)
       limit = Math.max(1, Math.floor((running ?? 8) * (this.options.nativeCapFraction ?? 0.5)))
       try {
@@ -228,8 +229,11 @@ export class MitigationOrchestrator {
         failureType: 'oom',
         strategy: 'native-reflex',
         outcome: limit === null ? 'SKIPPED' : 'SUCCESS',
-        detail:
-          limit === null ? `${detail}; no admission actuator` : `${detail}; capped ${replica} at ${limit}`,
+        detail: dryRun
+          ? `${detail}; dry run: no cap`
+          : limit === null
+            ? `${detail}; no admission actuator`
+            : `${detail}; capped ${replica} at ${limit}`,
       })
       if (this.lastCp !== null)
         this.consider({ replica, failureType: 'oom', prediction: null, trigger }, this.lastCp)

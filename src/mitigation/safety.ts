@@ -217,6 +217,11 @@ export class SafetyGate {
   }
 
   /** The synchronous checks (no approval): may this action start now? Reserves nothing. */
+  /** Decide and log only: every verdict says `dryRun`, and reflexes must not act either. */
+  get dryRun(): boolean {
+    return this.#dryRun
+  }
+
   check(req: SafetyRequest): Verdict {
     checkRequest(req, 'SafetyGate.check')
     if (this.#dryRun) return { allowed: true, dryRun: true }

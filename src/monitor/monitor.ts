@@ -503,6 +503,12 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
     // On the forecast grid (whole seconds by default), as the model's training rows were taken:
     // the first checkpoint at or after each grid point, skipped while the last is still running.
     const slot = Math.floor(cp.t / every)
+    if (d === null && slot > this.lastForecastSlot) {
+      // Without a forecaster the orchestrator still needs checkpoints: the native reflex's
+      // considered response, the outcome judge and rollbacks (which lift the reflex's cap) run on them.
+      this.lastForecastSlot = slot
+      this.mitigation?.orchestrator?.observe(cp, [], [])
+    }
     if (d === null || this.forecastInFlight || slot <= this.lastForecastSlot) return
     this.forecastInFlight = true
     this.lastForecastSlot = slot

@@ -351,6 +351,19 @@ describe('the mitigation orchestrator', () => {
     expect(admission.state('r0').cap).toBe(15)
   })
 
+  it('does not cap from the native fast path in dry-run mode', async () => {
+    const admission = new AdmissionController()
+    const clock = { t: 1000 }
+    const s = setup({
+      actuators: actuators({ admission }),
+      safety: new SafetyGate({ dryRun: true, now: () => clock.t }),
+      now: () => clock.t,
+    })
+    s.orch.observe(checkpoint(1000, [engine('r0', { requestsRunning: 30 })]), [], [])
+    expect(s.orch.nativeAlert('r0', 'GPU 0 memory 98.5 %')).toBeNull()
+    expect(admission.state('r0').cap).toBeNull()
+  })
+
   it('appends the decision, the action and the outcome to the audit log', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'vllm-monitor-'))
     dirs.push(dir)
