@@ -3,8 +3,19 @@
  * per-replica load and KV usage, GPUs, and the newest events, predictions and actions.
  * Pure: a checkpoint and a status in, lines of text out.
  */
+import { FAULT_FAILURE_TYPE } from '../forecast/onsets.js'
+import type { Recommendation } from '../mitigation/learner.js'
+import type { ActionRecord } from '../mitigation/orchestrator.js'
+import { DEFAULT_JUDGE_WINDOW_MS } from '../mitigation/outcome.js'
 import type { MonitorStatus } from '../monitor/status.js'
-import type { Checkpoint, LifecycleState, Prediction, TimedEvent } from '../telemetry/types.js'
+import type {
+  Checkpoint,
+  FailureType,
+  FaultLabel,
+  LifecycleState,
+  Prediction,
+  TimedEvent,
+} from '../telemetry/types.js'
 
 const ESC = '\u001b['
 const COLORS: Record<LifecycleState, string> = {
@@ -26,7 +37,12 @@ export interface ViewOptions {
   width?: number
   /** Simulator ground truth to show beside what the monitor concluded (the demo only). */
   groundTruth?: string[]
+  /** Every mitigation action and judgement so far (default: those still among the checkpoint's events). */
+  mitigations?: readonly TimedEvent[]
 }
+
+/** The mitigation side's events: an action taken, and its judgement after the window. */
+export const MITIGATION_EVENT_TYPES: readonly string[] = ['mitigation', 'mitigation-outcome']
 
 function paint(on: boolean, code: string, text: string): string {
   return on ? `${ESC}${code}m${text}${ESC}0m` : text
@@ -135,12 +151,16 @@ export function renderDemoView(cp: Checkpoint | null, status: MonitorStatus, o: 
   )
   lines.push(
     paint(c, '1', 'actions      ') +
-      paint(
-        c,
-        '2',
-        status.autoMitigate ? `${status.mitigationsTriggered} mitigations` : 'auto-mitigation off',
-      ),
+      (status.autoMitigate
+        ? status.mitigations.length === 0
+          ? paint(c, '2', 'none yet')
+          : `${formatMitigationCounts(status.mitigations)}${status.mitigationInProgress ? paint(c, '2', '  (in progress)') : ''}`
+        : paint(c, '2', 'auto-mitigation off')),
   )
+  const acted = (
+    o.mitigations ?? (cp?.events ?? []).filter((e) => MITIGATION_EVENT_TYPES.includes(e.type))
+  ).slice(-4)
+  for (const e of acted) lines.push(`  ${formatEvent(e, c)}`.slice(0, width + 20))
   if (o.groundTruth !== undefined) {
     lines.push('')
     lines.push(paint(c, '1', 'ground truth (simulator)'))
@@ -154,10 +174,28 @@ export function renderDemoView(cp: Checkpoint | null, status: MonitorStatus, o: 
   return lines.join('\n')
 }
 
+/** Mitigation events stand out from what the monitor saw: an upper-case label, their own colour. */
+function eventLabel(e: TimedEvent): { label: string; colour: string } | null {
+  if (e.type === 'mitigation')
+    return { label: 'MITIGATION', colour: e.data?.outcome === 'FAILURE' ? '1;31' : '1;35' }
+  if (e.type === 'mitigation-outcome')
+    return { label: 'JUDGEMENT', colour: e.data?.verdict === 'occurred' ? '1;31' : '1;32' }
+  return null
+}
+
 export function formatEvent(e: TimedEvent, color: boolean): string {
   const sev = e.severity === 'critical' ? '31' : e.severity === 'warning' ? '33' : '2'
   const where = e.replica ?? (e.gpu !== null ? `gpu${e.gpu}` : '-')
-  return `${pad(`${(e.t / 1000).toFixed(1)}s`, 9)}${pad(where, 6)}${paint(color, sev, pad(e.type, 16))}${e.message}`
+  const own = eventLabel(e)
+  const label = paint(color, own?.colour ?? sev, pad(own?.label ?? e.type, 16))
+  return `${pad(`${(e.t / 1000).toFixed(1)}s`, 9)}${pad(where, 6)}${label}${e.message}`
+}
+
+/** "ReduceBatchSize SUCCESS 1, EmergencyGPUMemoryCleanup SUCCESS 1". */
+export function formatMitigationCounts(
+  counts: ReadonlyArray<{ strategy: string; outcome: string; count: number }>,
+): string {
+  return counts.map((m) => `${m.strategy} ${m.outcome} ${m.count}`).join(', ')
 }
 
 /** Per replica and failure type the longest-horizon prediction, the likeliest four at >= 30 %. */
@@ -172,4 +210,155 @@ function topPredictions(preds: readonly Prediction[]): Prediction[] {
     .filter((p) => p.probability >= 0.3)
     .sort((a, b) => b.probability - a.probability)
     .slice(0, 4)
+}
+
+/** The learner's recommendation for one replica and failure type, and its context in words. */
+export interface IncidentRecommendation {
+  replica: string
+  failureType: FailureType
+  context: string
+  recommendation: Recommendation
+}
+
+/** What the demo saw, did and learned: the input of `renderIncidentSummary`. */
+export interface IncidentInput {
+  /** The simulator's fault labels (the ground truth). */
+  labels: ReadonlyArray<FaultLabel & { t: number }>
+  /** The monitor's `prediction` events (alarm starts); the first per replica and failure type counts. */
+  predictions: readonly TimedEvent[]
+  actions: readonly ActionRecord[]
+  /** False under `--no-mitigate`. */
+  mitigate: boolean
+  counts: ReadonlyArray<{ strategy: string; outcome: string; count: number }>
+  recommendations: readonly IncidentRecommendation[]
+  /** `learner.rules()` in words. */
+  rules: readonly string[]
+  /** Monitor ms at the end of the run. */
+  endT: number
+}
+
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)}s`
+const step = (what: string, t: number | null, text: string) =>
+  `    ${pad(what, 10)}${(t === null ? '-' : secs(t)).padStart(8)}  ${text}`
+
+/** A fault's `failure` label as the forecaster's failure type (`gpu-oom-cotenant` is an `oom`). */
+function failureTypeOf(label: FaultLabel): string {
+  return FAULT_FAILURE_TYPE[label.fault] ?? label.fault
+}
+
+/**
+ * Per replica and failure type, in the order they first showed: what was predicted (and how long
+ * before the failure), what was done, how it was judged, what the simulator says happened, and
+ * what the learner recommends; then the counts and the rules learned so far.
+ */
+export function renderIncidentSummary(x: IncidentInput): string[] {
+  const groups = new Map<string, { replica: string; failureType: string; first: number }>()
+  const note = (replica: string, failureType: string, t: number) => {
+    const key = `${replica}|${failureType}`
+    const g = groups.get(key)
+    if (g === undefined) groups.set(key, { replica, failureType, first: t })
+    else g.first = Math.min(g.first, t)
+  }
+  for (const p of x.predictions) note(p.replica ?? '*', String(p.data?.failureType), p.t)
+  for (const a of x.actions) note(a.replica, a.failureType, a.t)
+  for (const l of x.labels) if (l.phase !== 'cleared') note(l.replica, failureTypeOf(l), l.t)
+  const lines = ['Incident: predicted -> mitigated -> judged, against the ground truth']
+  for (const g of [...groups.values()].sort((a, b) => a.first - b.first)) {
+    const mine = (r: { replica: string | null }) => (r.replica ?? '*') === g.replica
+    const labels = x.labels.filter((l) => mine(l) && failureTypeOf(l) === g.failureType)
+    const failure = labels.find((l) => l.phase === 'failure') ?? null
+    const alarm =
+      x.predictions
+        .filter((p) => mine(p) && p.data?.failureType === g.failureType)
+        .sort((a, b) => a.t - b.t)[0] ?? null
+    lines.push(`  ${g.replica} ${g.failureType}`)
+    lines.push(predictedLine(alarm, failure))
+    const actions = x.actions.filter((a) => a.replica === g.replica && a.failureType === g.failureType)
+    if (actions.length === 0)
+      lines.push(step('mitigated', null, x.mitigate ? 'no action' : 'auto-mitigation off (--no-mitigate)'))
+    for (const a of actions) lines.push(...actionLines(a))
+    lines.push(...truthLines(g, labels, x.endT))
+    const rec = x.recommendations.find((r) => r.replica === g.replica && r.failureType === g.failureType)
+    if (rec !== undefined) lines.push(`    ${recommendationLine(rec)}`)
+  }
+  if (groups.size === 0) lines.push('  nothing predicted, done or injected')
+  lines.push(
+    `mitigations: ${x.mitigate ? (x.counts.length === 0 ? 'none' : formatMitigationCounts(x.counts)) : 'off'}`,
+  )
+  if (x.rules.length === 0)
+    lines.push(
+      'learned rules: none yet (each needs several judged trials in one context; --learner-state keeps them across runs)',
+    )
+  else lines.push('learned rules:', ...x.rules.map((r) => `  ${r}`))
+  return lines
+}
+
+function predictedLine(alarm: TimedEvent | null, failure: { t: number } | null): string {
+  if (alarm === null)
+    return step('predicted', null, failure === null ? 'not predicted' : 'not predicted before the failure')
+  const d = alarm.data ?? {}
+  const ttf = typeof d.timeToFailureS === 'number' ? `, failure in ~${d.timeToFailureS} s` : ''
+  const p = typeof d.probability === 'number' ? d.probability.toFixed(2) : '?'
+  let lead = ''
+  if (failure !== null) {
+    const s = (failure.t - alarm.t) / 1000
+    lead =
+      s >= 0 ? `; ${s.toFixed(1)} s before the failure` : `; ${(-s).toFixed(1)} s after the failure began`
+  }
+  return step('predicted', alarm.t, `p ${p} within ${String(d.horizonS)} s${ttf} (${String(d.model)})${lead}`)
+}
+
+function actionLines(a: ActionRecord): string[] {
+  const what = `${a.strategy} (${a.basis})`
+  const done = a.holdout
+    ? step('held out', a.t, `${what}: chosen, not run (the no-action baseline)`)
+    : a.result === null
+      ? step('mitigated', a.t, `${what}: running`)
+      : step('mitigated', a.t, `${what}: ${a.result.outcome} (${a.result.detail})`)
+  const j = a.judgement
+  if (j !== null) return [done, step('judged', j.judgedAt, `${j.detail} (reward ${j.reward.toFixed(2)})`)]
+  if (a.result?.outcome === 'SKIPPED') return [done, step('judged', null, 'not judged: it did not act')]
+  const until = a.t + DEFAULT_JUDGE_WINDOW_MS[a.failureType]
+  return [
+    done,
+    step('judged', null, `not yet: its window runs to t=${secs(until)} (longer while still predicted)`),
+  ]
+}
+
+function truthLines(
+  g: { replica: string; failureType: string },
+  labels: ReadonlyArray<FaultLabel & { t: number }>,
+  endT: number,
+): string[] {
+  if (labels.length === 0) return [step('truth', null, `no ${g.failureType} fault injected on ${g.replica}`)]
+  const out: string[] = []
+  for (const inj of labels.filter((l) => l.phase === 'injected')) {
+    const after = (phase: FaultLabel['phase']) =>
+      labels.find((l) => l.phase === phase && l.fault === inj.fault && l.t >= inj.t)
+    const failed = after('failure')
+    const cleared = after('cleared')
+    if (failed !== undefined) {
+      out.push(step('truth', failed.t, `${inj.fault} failure (injected at ${secs(inj.t)}): ${failed.detail}`))
+      continue
+    }
+    const how =
+      cleared === undefined
+        ? `no failure by the end (${secs(endT)})`
+        : `cleared at ${secs(cleared.t)} (${cleared.detail}), no failure`
+    out.push(step('truth', null, `${inj.fault} injected at ${secs(inj.t)}; ${how}`))
+  }
+  return out
+}
+
+/** "learner: for kv-exhaustion on r0 (kv_cache_usage >= 0.93 and ...) recommend ReduceBatchSize (runbook, confidence 1.00)". */
+export function recommendationLine(r: IncidentRecommendation): string {
+  const rec = r.recommendation
+  const trials = rec.trials > 0 ? `, ${rec.trials} judged` : ''
+  return (
+    `learner: for ${r.failureType} on ${r.replica} (${r.context}) recommend ${rec.strategy} ` +
+    `(${rec.basis}, confidence ${rec.confidence.toFixed(2)}${trials})` +
+    (rec.rule === null
+      ? ''
+      : `: ${rec.rule.startsWith(`${r.context}: `) ? rec.rule.slice(r.context.length + 2) : rec.rule}`)
+  )
 }

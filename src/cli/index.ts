@@ -43,12 +43,15 @@ const demo = program
   .option('--json', 'print one JSON status line per second instead of the live view')
   .option('--plain', 'print transitions and events as lines instead of the live view')
   .option('--seed <n>', 'simulator seed', int('--seed'), 1)
-  .option('--speed <x>', 'simulated seconds per wall second', positive('--speed'), 4)
+  .option('--speed <x>', 'simulated seconds per wall second', positive('--speed'), 5)
   .option('--no-real-gpu', 'use the simulated GPUs even where NVML is present')
   .option(
     '--model <dir>',
     'forecaster model directory (default: the shipped one; "none": the baselines only)',
   )
+  .option('--no-mitigate', 'watch and predict only: take no action (to compare with the default)')
+  .option('--audit-log <file>', 'append every mitigation decision, action and outcome here (JSON Lines)')
+  .option('--learner-state <file>', 'keep what the learner learned here, across runs')
   .addOption(scenarioOption('demo'))
 addLoadOptions(demo).action(async (o) => {
   process.exitCode = await runDemo({
@@ -61,6 +64,9 @@ addLoadOptions(demo).action(async (o) => {
     scenario: o.scenario,
     realGpu: o.realGpu !== false,
     model: o.model,
+    mitigate: o.mitigate !== false,
+    auditLog: o.auditLog,
+    learnerState: o.learnerState,
   })
 })
 

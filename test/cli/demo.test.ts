@@ -13,8 +13,17 @@ const dir = mkdtempSync(join(tmpdir(), 'vllm-monitor-cli-'))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
 describe('vllm-monitor demo', () => {
-  it('watches the scripted incident and reports it against the ground truth (--json)', async () => {
-    const { stdout } = await run(['demo', '--duration', '7', '--speed', '40', '--json', '--no-real-gpu'])
+  it('watches the scripted incident and reports it against the ground truth (--json --no-mitigate)', async () => {
+    const { stdout } = await run([
+      'demo',
+      '--duration',
+      '7',
+      '--speed',
+      '40',
+      '--json',
+      '--no-real-gpu',
+      '--no-mitigate',
+    ])
     const lines = stdout
       .trim()
       .split('\n')
@@ -30,10 +39,23 @@ describe('vllm-monitor demo', () => {
     const seen = summary.transitions.map((t: { replica: string; to: string }) => `${t.replica}:${t.to}`)
     expect(seen).toContain('r0:DEGRADED')
     expect(seen).toContain('r1:ERROR')
+    // Watching only: nothing done, and the learner still says what it would do.
+    expect(summary.mitigation.enabled).toBe(false)
+    expect(summary.mitigation.actions).toEqual([])
+    expect(summary.mitigation.recommendations.length).toBeGreaterThan(0)
   }, 60_000)
 
   it('prints transitions as lines with --plain', async () => {
-    const { stdout } = await run(['demo', '--duration', '3', '--speed', '40', '--plain', '--no-real-gpu'])
+    const { stdout } = await run([
+      'demo',
+      '--duration',
+      '3',
+      '--speed',
+      '40',
+      '--plain',
+      '--no-real-gpu',
+      '--no-mitigate',
+    ])
     expect(stdout).toMatch(/r0: READY -> SERVING/)
     expect(stdout).toMatch(/r0: SERVING -> DEGRADED {2}\(KV cache exhausted/)
     expect(stdout).toMatch(/Ground truth vs what the monitor saw/)
@@ -41,15 +63,49 @@ describe('vllm-monitor demo', () => {
 })
 
 describe('npm start (the demo with the shipped model)', () => {
-  it('forecasts the KV exhaustion and the OOM with a probability and a time to failure before they happen', async () => {
+  // The suite runs monitors on the baselines (vitest.config.ts); the demo as users run it does not.
+  const shipped = (args: string[]) => {
     const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' }
-    // The suite runs monitors on the baselines (vitest.config.ts); the demo as users run it does not.
     delete env.VLLM_MONITOR_MODEL
-    const { stdout } = await exec(
-      process.execPath,
-      [cli, 'demo', '--duration', '6', '--speed', '40', '--plain', '--no-real-gpu'],
-      { timeout: 60_000, env },
+    return exec(process.execPath, [cli, 'demo', '--speed', '40', '--plain', '--no-real-gpu', ...args], {
+      timeout: 60_000,
+      env,
+    })
+  }
+
+  it('predicts the incident, mitigates it, judges what it did, and says what the learner recommends', async () => {
+    const { stdout } = await shipped(['--duration', '7'])
+    // As they happen: the action, then its judgement once the window ended.
+    expect(stdout).toMatch(/r0 {4}MITIGATION {6}ReduceBatchSize for kv-exhaustion on r0: SUCCESS \(/)
+    expect(stdout).toMatch(
+      /r1 {4}MITIGATION {6}EmergencyGPUMemoryCleanup for oom on r1: SUCCESS \(.*co-tenant/,
     )
+    expect(stdout).toMatch(/r0 {4}JUDGEMENT {7}kv-exhaustion on r0 avoided after ReduceBatchSize/)
+    const incident = stdout.slice(stdout.indexOf('Incident: predicted -> mitigated -> judged'))
+    // The r0 block: its header and its indented lines.
+    const r0 = incident.slice(incident.indexOf('  r0 kv-exhaustion')).split(/\n(?! {4})/)[0] as string
+    expect(r0).toMatch(
+      /^ {4}predicted +\d+\.\ds {2}p 0\.\d\d within 120 s, failure in ~\d+ s \(forecaster-v\d+\)$/m,
+    )
+    expect(r0).toMatch(/^ {4}mitigated +\d+\.\ds {2}ReduceBatchSize \(runbook\): SUCCESS/m)
+    expect(r0).toMatch(
+      /^ {4}judged +\d+\.\ds {2}kv-exhaustion on r0 avoided after ReduceBatchSize; SLO (met|violated) at the end of the window \(reward \d\.\d\d\)$/m,
+    )
+    expect(r0).toMatch(/^ {4}truth +- {2}kv-exhaustion injected at 60\.0s; .*no failure/m)
+    expect(r0).toMatch(
+      /^ {4}learner: for kv-exhaustion on r0 \(kv_cache_usage [^)]+\) recommend ReduceBatchSize \(runbook, confidence 1\.00, 1 judged\)/m,
+    )
+    expect(incident).toMatch(
+      /^ {4}learner: for oom on r1 \(.+\) recommend EmergencyGPUMemoryCleanup \(runbook/m,
+    )
+    expect(incident).toMatch(/^mitigations: .*ReduceBatchSize SUCCESS 1/m)
+    expect(incident).toMatch(/^mitigations: .*EmergencyGPUMemoryCleanup SUCCESS 1/m)
+    // Avoided: neither failure happened.
+    expect(stdout).not.toMatch(/kv-exhaustion failure|gpu-oom-cotenant failure/)
+  }, 60_000)
+
+  it('forecasts the KV exhaustion and the OOM with a probability and a time to failure before they happen (--no-mitigate)', async () => {
+    const { stdout } = await shipped(['--duration', '6', '--no-mitigate'])
     const summary = stdout.slice(stdout.indexOf('Ground truth vs what the monitor saw'))
     const at = (re: RegExp) => {
       const m = summary.match(re)
