@@ -150,15 +150,9 @@ export {
 } from './lifecycle/machine.js'
 export { rollUpStates } from './lifecycle/rollup.js'
 export {
-  type KubernetesScalerOptions,
-  kubernetesScaler,
   maxNumSeqsOf,
-  type NvidiaSmiProcessesOptions,
-  processesFromNvidiaSmi,
   restartFromSupervisor,
   routingFromPicker,
-  type WebhookScalerOptions,
-  webhookScaler,
   withMaxNumSeqs,
 } from './mitigation/actuators.js'
 export {
@@ -168,18 +162,16 @@ export {
   type AuditLogOptions,
   readAuditLog,
 } from './mitigation/audit.js'
+export { ContinuousLearner } from './mitigation/learner.js'
+export { contextKey, describeContext, type LearnerFeatures } from './mitigation/learner-context.js'
 export {
-  ContinuousLearner,
   type ContinuousLearnerOptions,
-  contextKey,
   DEFAULT_RUNBOOK,
   type Decision,
-  describeContext,
   type LearnedRule,
-  type LearnerFeatures,
-  type LearnerState,
   type Recommendation,
-} from './mitigation/learner.js'
+} from './mitigation/learner-options.js'
+export type { LearnerState } from './mitigation/learner-state.js'
 export {
   type ActionRecord,
   type MitigationCount,
@@ -193,6 +185,7 @@ export {
   rewardOf,
   type Verdict as OutcomeVerdict,
 } from './mitigation/outcome.js'
+export { type NvidiaSmiProcessesOptions, processesFromNvidiaSmi } from './mitigation/processes.js'
 export { MitigationRuntime } from './mitigation/runtime.js'
 export {
   type ApprovalRequest,
@@ -200,6 +193,12 @@ export {
   type SafetyOptions,
   type Verdict as SafetyVerdict,
 } from './mitigation/safety.js'
+export {
+  type KubernetesScalerOptions,
+  kubernetesScaler,
+  type WebhookScalerOptions,
+  webhookScaler,
+} from './mitigation/scalers.js'
 export {
   type ClosedLoopMode,
   type ClosedLoopOptions,
@@ -249,6 +248,7 @@ export {
   type ProgressEvent,
   prestartupCheck,
 } from './prestartup/index.js'
+export { type SimActuatorOptions, simActuators } from './sim/actuators.js'
 export {
   type Arrival,
   type ArrivalSource,
@@ -264,12 +264,10 @@ export {
 export { FAULT_TYPES, type FaultSpec, type FaultSpecInput } from './sim/faults.js'
 export { type FleetOptions, SimFleet } from './sim/fleet.js'
 export {
-  type SimActuatorOptions,
   SimGateway,
   type SimGatewayOptions,
   type SimGatewayRequest,
   type SimGatewayStats,
-  simActuators,
 } from './sim/gateway.js'
 export { SimGpuSource, type SimGpuSourceOptions } from './sim/gpu-source.js'
 export { GPUS, type GpuProfile, MODELS, type ModelProfile } from './sim/hardware.js'

@@ -16,271 +16,46 @@
  * Everything random derives from the seed and a decision counter that is persisted, so a learner
  * restarted from its state file makes the decisions it would have made without the restart.
  */
-import { mkdir, readFile, rename } from 'node:fs/promises'
-import { basename, dirname } from 'node:path'
-import { InvalidArgumentError, InvalidOptionError, LearnerStateError } from '../errors.js'
-import { writeAtomic } from '../forecast/model-io.js'
+import { InvalidArgumentError, InvalidOptionError } from '../errors.js'
 import { FAILURE_TYPES } from '../forecast/spec.js'
 import { createRng, type Rng } from '../sim/random.js'
 import type { FailureType } from '../telemetry/types.js'
+import { contextKey, describeContext, type LearnerFeatures } from './learner-context.js'
+import {
+  type ContinuousLearnerOptions,
+  DEFAULT_RUNBOOK,
+  type Decision,
+  type LearnedRule,
+  type Recommendation,
+  validateOptions,
+} from './learner-options.js'
+import {
+  isFailureType,
+  type LearnerArmState,
+  type LearnerBudgetState,
+  type LearnerState,
+  readLearnerState,
+  writeLearnerState,
+} from './learner-state.js'
+import { type ArmStats, kEmptyArm, lowerBound, sampleBeta, upperBound } from './learner-stats.js'
 import { MITIGATION_OUTCOMES, type MitigationOutcome, type MitigationStrategy } from './types.js'
 
-/** The context at decision time; null = unknown (it gets its own bin). */
-export interface LearnerFeatures {
-  /** 0-1. */
-  kvCacheUsage: number | null
-  requestsWaiting: number | null
-  requestsRunning: number | null
-  /** Worst GPU of the replica, 0-1. */
-  memoryUsedFraction: number | null
-  memoryGrowthBytesPerSec: number | null
-  /** Memory held by other processes on the replica's GPUs. */
-  cotenantMemoryBytes: number | null
-  tempCelsius: number | null
-  /** 0-1: spare serving capacity on the OTHER replicas (1 = idle, 0 = none / no other replica). */
-  fleetHeadroom: number | null
-  /** The prediction's probability. */
-  probability: number | null
-  timeToFailureS: number | null
-}
-
-export interface Decision {
-  strategy: string
-  /** Why this one: the runbook default, a learned replacement, or a budgeted experiment. */
-  basis: 'runbook' | 'learned' | 'explore'
-  /** P(chosen is no worse than the runbook default), 0-1; 1 for the runbook itself. */
-  confidence: number
-  /** The bucket key, e.g. "kv-exhaustion|kv>=0.93|waiting>40|headroom>=0.3". */
-  context: string
-  /** The runbook default for this failure type among the candidates. */
-  runbook: string
-}
-
-export interface Recommendation {
-  failureType: FailureType
-  strategy: string
-  basis: 'runbook' | 'learned'
-  confidence: number
-  /** Posterior mean reward of the strategy in this context; null when nothing is known of it. */
-  expectedReward: number | null
-  /** Judged trials of the strategy in this context. */
-  trials: number
-  /** The rule that supports it (`LearnedRule.text`), null without trials in this context. */
-  rule: string | null
-}
-
-export interface LearnedRule {
-  failureType: FailureType
-  strategy: string
-  context: string
-  /** "kv_cache_usage >= 0.93 and waiting > 40 and fleet_headroom < 0.3: ReduceBatchSize succeeded 27/30". */
-  text: string
-  /** Trials with reward >= 0.5. */
-  successes: number
-  trials: number
-  meanReward: number
-}
-
-export interface ContinuousLearnerOptions {
-  /** Default strategy per failure type (`DEFAULT_RUNBOOK` fills the rest). */
-  runbook?: Partial<Record<FailureType, string>>
-  /** Persisted JSON; null = in memory only. */
-  statePath?: string | null
-  /** A learned choice replaces the runbook only when P(no worse) >= this. Default 0.9. */
-  confidence?: number
-  /** Trials of a strategy in a context before it may replace the runbook. Default 5. */
-  minTrials?: number
-  /** Conservative budget: cumulative reward must stay >= (1 - alpha) x the runbook's. Default 0.05. */
-  alpha?: number
-  /** False = exploit only (production may turn exploration off). Default true. */
-  explore?: boolean
-  seed?: number | string
-  /** Clock, ms. */
-  now?: () => number
-}
-
-export interface LearnerArmState {
-  failureType: FailureType
-  context: string
-  strategy: string
-  trials: number
-  successes: number
-  rewardSum: number
-}
-
-/**
- * The ledger of one failure type: every judged decision, whatever its basis. It says what the
- * learner collected; the budget check itself bounds each arm from the arms' own counts, which
- * this ledger must agree with.
- */
-export interface LearnerBudgetState {
-  trials: number
-  rewardSum: number
-  explorations: number
-}
-
-export interface LearnerState {
-  version: 1
-  /** Decisions made so far: keys each decision's random stream, so restarts replay the same draws. */
-  decisions: number
-  arms: LearnerArmState[]
-  budget: Partial<Record<FailureType, LearnerBudgetState>>
-  /** Clock (ms) of the last update, null before any. */
-  updatedAt: number | null
-}
-
-export const DEFAULT_RUNBOOK: Readonly<Record<FailureType, string>> = Object.freeze({
-  'kv-exhaustion': 'ReduceBatchSize',
-  oom: 'EmergencyGPUMemoryCleanup',
-  'slo-violation': 'ShedLoad',
-  'thermal-throttle': 'RebalanceLoad',
-  'queue-overflow': 'ShedLoad',
-  'hardware-failure': 'RebalanceLoad',
-  'network-failure': 'RestartNCCL',
-})
-
-/** One binned feature: `token` in the context key is `key + labels[i]`, `phrases[i]` says it in words. */
-export interface ContextBin {
-  feature: keyof LearnerFeatures
-  key: string
-  /** Ascending; bin i holds values in [cuts[i-1], cuts[i]). */
-  cuts: readonly number[]
-  labels: readonly string[]
-  phrases: readonly string[]
-  /** Said when the feature is null (token `key + '?'`). */
-  unknown: string
-}
-
-const kMiB = 1_048_576
-const kv: ContextBin = {
-  feature: 'kvCacheUsage',
-  key: 'kv',
-  cuts: [0.8, 0.93],
-  labels: ['<0.8', '0.8-0.93', '>=0.93'],
-  phrases: ['kv_cache_usage < 0.8', '0.8 <= kv_cache_usage < 0.93', 'kv_cache_usage >= 0.93'],
-  unknown: 'kv_cache_usage unknown',
-}
-// Cuts between integers: waiting is a gauge of requests, possibly averaged over a window.
-const waiting: ContextBin = {
-  feature: 'requestsWaiting',
-  key: 'waiting',
-  cuts: [0.5, 40.5],
-  labels: ['=0', '1-40', '>40'],
-  phrases: ['waiting = 0', '1 <= waiting <= 40', 'waiting > 40'],
-  unknown: 'waiting unknown',
-}
-const headroom: ContextBin = {
-  feature: 'fleetHeadroom',
-  key: 'headroom',
-  cuts: [0.3],
-  labels: ['<0.3', '>=0.3'],
-  phrases: ['fleet_headroom < 0.3', 'fleet_headroom >= 0.3'],
-  unknown: 'fleet_headroom unknown',
-}
-// A leak (steady growth) and a burst call for different remedies than a stable but full GPU.
-const growth: ContextBin = {
-  feature: 'memoryGrowthBytesPerSec',
-  key: 'growth',
-  cuts: [kMiB, 100 * kMiB],
-  labels: ['<1MiB/s', '1-100MiB/s', '>=100MiB/s'],
-  phrases: ['memory_growth < 1 MiB/s', '1 MiB/s <= memory_growth < 100 MiB/s', 'memory_growth >= 100 MiB/s'],
-  unknown: 'memory_growth unknown',
-}
-// A few hundred MiB is a monitoring agent or a CUDA context; more is someone else's workload.
-const cotenant: ContextBin = {
-  feature: 'cotenantMemoryBytes',
-  key: 'cotenant',
-  cuts: [256 * kMiB],
-  labels: ['<256MiB', '>=256MiB'],
-  phrases: ['cotenant_memory < 256 MiB', 'cotenant_memory >= 256 MiB'],
-  unknown: 'cotenant_memory unknown',
-}
-const temp: ContextBin = {
-  feature: 'tempCelsius',
-  key: 'temp',
-  cuts: [85],
-  labels: ['<85C', '>=85C'],
-  phrases: ['temp < 85 C', 'temp >= 85 C'],
-  unknown: 'temp unknown',
-}
-
-/**
- * The features each failure type's context is made of. Few and coarse on purpose: every extra bin
- * multiplies the buckets that must each collect `minTrials` before anything is learned there.
- */
-export const CONTEXT_BINS: Readonly<Record<FailureType, readonly ContextBin[]>> = Object.freeze({
-  'kv-exhaustion': [kv, waiting, headroom],
-  oom: [growth, cotenant, headroom],
-  'slo-violation': [waiting, kv, headroom],
-  'thermal-throttle': [temp, headroom],
-  'queue-overflow': [waiting, headroom],
-  'hardware-failure': [headroom],
-  'network-failure': [headroom],
-})
-
-const kPhraseByToken = new Map<string, string>()
-for (const bin of [kv, waiting, headroom, growth, cotenant, temp]) {
-  for (let i = 0; i < bin.labels.length; i++) kPhraseByToken.set(bin.key + bin.labels[i]!, bin.phrases[i]!)
-  kPhraseByToken.set(`${bin.key}?`, bin.unknown)
-}
-
-/** The bucket key of a context: the failure type, then one token per binned feature. */
-export function contextKey(failureType: FailureType, features: Partial<LearnerFeatures>): string {
-  let key: string = failureType
-  for (const bin of CONTEXT_BINS[failureType]) {
-    const v = features[bin.feature]
-    let token = `${bin.key}?`
-    if (typeof v === 'number' && Number.isFinite(v)) {
-      let i = 0
-      while (i < bin.cuts.length && v >= bin.cuts[i]!) i++
-      token = bin.key + bin.labels[i]!
-    }
-    key += `|${token}`
-  }
-  return key
-}
-
-/** A bucket key in words ("kv_cache_usage >= 0.93 and waiting > 40 and fleet_headroom >= 0.3"). */
-export function describeContext(context: string): string {
-  const tokens = context.split('|').slice(1)
-  if (tokens.length === 0) return 'any context'
-  return tokens.map((t) => kPhraseByToken.get(t) ?? t).join(' and ')
-}
-
-// Thompson sampling from Beta posteriors needs Gamma draws; Marsaglia & Tsang, "A simple method for
-// generating gamma variables" (ACM TOMS 2000), with their boost U^(1/a) for shapes below 1.
-function sampleGamma(rng: Rng, shape: number): number {
-  if (shape < 1) return sampleGamma(rng, shape + 1) * (1 - rng.next()) ** (1 / shape)
-  const d = shape - 1 / 3
-  const c = 1 / Math.sqrt(9 * d)
-  for (;;) {
-    let x: number
-    let v: number
-    do {
-      x = rng.normal()
-      v = 1 + c * x
-    } while (v <= 0)
-    v = v * v * v
-    const u = rng.next()
-    if (u < 1 - 0.0331 * x * x * x * x) return d * v
-    if (Math.log(u) < 0.5 * x * x + d * (1 - v + Math.log(v))) return d * v
-  }
-}
-
-/** A Beta(a, b) draw (both > 0). */
-export function sampleBeta(rng: Rng, a: number, b: number): number {
-  const x = sampleGamma(rng, a)
-  const y = sampleGamma(rng, b)
-  const s = x + y
-  // Both underflow only for shapes near 0; the mean is then the honest answer.
-  return s > 0 ? x / s : a / (a + b)
-}
-
-interface ArmStats {
-  trials: number
-  successes: number
-  rewardSum: number
-}
+export {
+  CONTEXT_BINS,
+  type ContextBin,
+  contextKey,
+  describeContext,
+  type LearnerFeatures,
+} from './learner-context.js'
+export {
+  type ContinuousLearnerOptions,
+  DEFAULT_RUNBOOK,
+  type Decision,
+  type LearnedRule,
+  type Recommendation,
+} from './learner-options.js'
+export type { LearnerArmState, LearnerBudgetState, LearnerState } from './learner-state.js'
+export { sampleBeta } from './learner-stats.js'
 
 interface Bucket {
   /** Judged decisions in this bucket, whatever the strategy. */
@@ -291,63 +66,10 @@ interface Bucket {
 // A bucket's prior is what the strategy did in the failure type's other buckets, worth at most this
 // many trials: a new context starts from experience, but two of its own trials already outweigh it.
 const kPriorTrials = 2
-// One-sided 95 % normal quantile: the pessimistic and optimistic bounds of the budget check.
-const kZ = 1.645
 // Monte Carlo draws per P(no worse): the standard error at p = 0.9 is 0.007.
 const kConfidenceDraws = 2000
 // An explored decision whose outcome never came (lost, restart) stops holding budget after this.
 const kPendingTtlMs = 15 * 60_000
-
-const kEmptyArm: ArmStats = Object.freeze({ trials: 0, successes: 0, rewardSum: 0 })
-
-function isFailureType(x: unknown): x is FailureType {
-  return typeof x === 'string' && (FAILURE_TYPES as readonly string[]).includes(x)
-}
-
-function betaMeanSd(a: number, b: number): [number, number] {
-  const n = a + b
-  return [a / n, Math.sqrt((a * b) / (n * n * (n + 1)))]
-}
-
-/** One-sided 95 % bounds of an arm's mean from its own trials (uniform prior, normal approximation). */
-function lowerBound(arm: ArmStats): number {
-  const [mean, sd] = betaMeanSd(1 + arm.rewardSum, 1 + arm.trials - arm.rewardSum)
-  return Math.max(0, mean - kZ * sd)
-}
-
-function upperBound(arm: ArmStats): number {
-  const [mean, sd] = betaMeanSd(1 + arm.rewardSum, 1 + arm.trials - arm.rewardSum)
-  return Math.min(1, mean + kZ * sd)
-}
-
-function validateOptions(o: ContinuousLearnerOptions): void {
-  const fail = (m: string) => {
-    throw new InvalidOptionError(`ContinuousLearner: ${m}`)
-  }
-  if (o.runbook !== undefined) {
-    if (o.runbook === null || typeof o.runbook !== 'object') fail('options.runbook must be an object')
-    for (const [k, v] of Object.entries(o.runbook)) {
-      if (!isFailureType(k)) fail(`options.runbook has an unknown failure type "${k}"`)
-      if (typeof v !== 'string' || v.length === 0)
-        fail(`options.runbook["${k}"] must be a non-empty strategy name`)
-    }
-  }
-  if (o.statePath !== undefined && o.statePath !== null && (typeof o.statePath !== 'string' || !o.statePath))
-    fail('options.statePath must be a non-empty string or null')
-  if (o.confidence !== undefined && !(o.confidence > 0 && o.confidence < 1))
-    fail(`options.confidence must be a number between 0 and 1 (exclusive), got ${o.confidence}`)
-  if (o.minTrials !== undefined && !(Number.isInteger(o.minTrials) && o.minTrials >= 1))
-    fail(`options.minTrials must be a positive integer, got ${o.minTrials}`)
-  if (o.alpha !== undefined && !(o.alpha >= 0 && o.alpha < 1))
-    fail(`options.alpha must be a number in [0, 1), got ${o.alpha}`)
-  if (o.explore !== undefined && typeof o.explore !== 'boolean') fail('options.explore must be a boolean')
-  if (
-    o.seed !== undefined &&
-    !(typeof o.seed === 'string' || (typeof o.seed === 'number' && Number.isFinite(o.seed)))
-  )
-    fail('options.seed must be a finite number or a string')
-  if (o.now !== undefined && typeof o.now !== 'function') fail('options.now must be a function')
-}
 
 export class ContinuousLearner {
   readonly #runbook: Record<FailureType, string>
@@ -603,44 +325,11 @@ export class ContinuousLearner {
   async load(): Promise<void> {
     const path = this.#statePath
     if (path === null) return
-    let text: string
-    try {
-      text = await readFile(path, 'utf8')
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.#lastError = null
-        return
-      }
-      this.#lastError = new LearnerStateError(
-        `learner state ${path}: cannot read it (${(err as Error).message}); learning starts fresh`,
-        { cause: err },
-      )
-      return
-    }
-    let problem: string | null
-    let cause: unknown
-    try {
-      problem = this.#restore(JSON.parse(text))
-    } catch (err) {
-      problem = `not valid JSON (${(err as Error).message})`
-      cause = err
-    }
-    if (problem === null) {
-      this.#lastError = null
-      return
-    }
-    this.#reset()
-    const aside = `${path}.corrupt-${this.#now()}`
-    let moved = `moved aside to ${basename(aside)}`
-    try {
-      await rename(path, aside)
-    } catch (err) {
-      moved = `could not be moved aside (${(err as Error).message})`
-    }
-    this.#lastError = new LearnerStateError(
-      `learner state ${path}: ${problem}; ${moved}, learning starts fresh`,
-      cause === undefined ? undefined : { cause },
-    )
+    const read = await readLearnerState(path, this.#now)
+    if (read.kind === 'ok') this.#restore(read.state)
+    // A file there but unreadable leaves the state as it is; a corrupt one (set aside) resets it.
+    else if (read.kind === 'corrupt') this.#reset()
+    this.#lastError = read.kind === 'unreadable' || read.kind === 'corrupt' ? read.error : null
   }
 
   /**
@@ -654,17 +343,10 @@ export class ContinuousLearner {
     const run = this.#saveChain.then(async () => {
       this.#saveQueued = null
       try {
-        await mkdir(dirname(path), { recursive: true })
-        await writeAtomic(path, `${JSON.stringify(this.toJSON())}\n`)
+        await writeLearnerState(path, this.toJSON())
       } catch (err) {
-        const error = new LearnerStateError(
-          `learner state ${path}: cannot write it (${(err as Error).message})`,
-          {
-            cause: err,
-          },
-        )
-        this.#lastError = error
-        throw error
+        this.#lastError = err as Error
+        throw err
       }
     })
     this.#saveQueued = run
@@ -832,67 +514,17 @@ export class ContinuousLearner {
     this.#updatedAt = null
   }
 
-  /** Replaces the state with `data`; returns what is wrong with it (and changes nothing) or null. */
-  #restore(data: unknown): string | null {
-    if (data === null || typeof data !== 'object' || Array.isArray(data)) return 'not a learner state object'
-    const s = data as Record<string, unknown>
-    if (s.version !== 1) return `version ${JSON.stringify(s.version)} is not the supported version 1`
-    if (!(Number.isInteger(s.decisions) && (s.decisions as number) >= 0)) return 'decisions is not a count'
-    if (!Array.isArray(s.arms)) return 'arms is not an array'
-    if (s.updatedAt !== null && typeof s.updatedAt !== 'number') return 'updatedAt is not a number or null'
-    if (s.budget === null || typeof s.budget !== 'object' || Array.isArray(s.budget))
-      return 'budget is not an object'
-    for (const [i, arm] of (s.arms as unknown[]).entries()) {
-      const problem = armProblem(arm)
-      if (problem !== null) return `arms[${i}] ${problem}`
-    }
-    for (const [k, v] of Object.entries(s.budget)) {
-      if (!isFailureType(k)) return `budget has an unknown failure type "${k}"`
-      const l = v as Record<string, unknown> | null
-      if (
-        l === null ||
-        typeof l !== 'object' ||
-        !isCount(l.trials) ||
-        !isCount(l.explorations) ||
-        !(typeof l.rewardSum === 'number' && l.rewardSum >= 0 && l.rewardSum <= (l.trials as number))
-      )
-        return `budget["${k}"] is not a ledger of trials, rewardSum and explorations`
-    }
+  /** Replaces the state with `s` (checked by `stateProblem`). */
+  #restore(s: LearnerState): void {
     this.#reset()
     // Arms of strategies not registered now are kept: they may be registered later.
-    for (const arm of s.arms as LearnerArmState[])
+    for (const arm of s.arms)
       this.#record(arm.failureType, arm.context, arm.strategy, arm.trials, arm.successes, arm.rewardSum)
-    for (const [k, v] of Object.entries(s.budget as Record<string, LearnerBudgetState>))
-      this.#budget.set(k as FailureType, {
-        trials: v.trials,
-        rewardSum: v.rewardSum,
-        explorations: v.explorations,
-      })
-    this.#decisions = s.decisions as number
-    this.#updatedAt = s.updatedAt as number | null
-    return null
+    for (const [k, v] of Object.entries(s.budget) as Array<[FailureType, LearnerBudgetState]>)
+      this.#budget.set(k, { trials: v.trials, rewardSum: v.rewardSum, explorations: v.explorations })
+    this.#decisions = s.decisions
+    this.#updatedAt = s.updatedAt
   }
-}
-
-function isCount(x: unknown): boolean {
-  return Number.isInteger(x) && (x as number) >= 0
-}
-
-function armProblem(x: unknown): string | null {
-  if (x === null || typeof x !== 'object') return 'is not an object'
-  const a = x as Record<string, unknown>
-  if (!isFailureType(a.failureType)) return `has an unknown failure type ${JSON.stringify(a.failureType)}`
-  if (
-    typeof a.context !== 'string' ||
-    !(a.context === a.failureType || a.context.startsWith(`${a.failureType}|`))
-  )
-    return 'has a context that is not of its failure type'
-  if (typeof a.strategy !== 'string' || a.strategy.length === 0) return 'has no strategy name'
-  if (!isCount(a.trials) || !isCount(a.successes) || (a.successes as number) > (a.trials as number))
-    return 'has trials and successes that are not counts (successes <= trials)'
-  if (!(typeof a.rewardSum === 'number' && a.rewardSum >= 0 && a.rewardSum <= (a.trials as number)))
-    return 'has a rewardSum outside [0, trials]'
-  return null
 }
 
 function toRule(failureType: FailureType, context: string, strategy: string, arm: ArmStats): LearnedRule {

@@ -13,9 +13,9 @@
  * beyond the cap's reason string) and then queues the considered response (EmergencyGPUMemoryCleanup
  * or whatever the learner prefers) on the normal path.
  */
-import { MitigationError } from '../errors.js'
+import { InvalidOptionError, MitigationError } from '../errors.js'
 import { type FailureOnset, OnsetTracker } from '../forecast/onsets.js'
-import { SCORING, type SloOptions } from '../forecast/spec.js'
+import { FAILURE_TYPES, SCORING, type SloOptions } from '../forecast/spec.js'
 import type { Checkpoint, FailureType, MonitorEvent, Prediction } from '../telemetry/types.js'
 import type { AuditEntry, AuditLog } from './audit.js'
 import type { ContinuousLearner, Decision, LearnerFeatures } from './learner.js'
@@ -60,6 +60,11 @@ export interface OrchestratorOptions {
   now: () => number
   /** Seeds the holdout draws. */
   seed?: number
+  /**
+   * Resolves once the learner's state was restored. No decision is made before it: a choice made
+   * on the empty state would be wiped by the restore (and its save could overwrite the file).
+   */
+  ready?: Promise<unknown>
   emit: (event: MonitorEvent) => void
   reportError: (code: string, message: string) => void
   /** Labels for the forecaster's online retraining. */
@@ -108,6 +113,12 @@ const MAX_RECORDS = 500
 const STILL_AT_RISK_MS = 5_000
 /** How long a refusal without a retry time (denied, busy, bound reached) holds a key back. */
 const DEFER_MS = 60_000
+/** How often the per-key maps drop what replicas that left (or went quiet) left behind. */
+const SWEEP_MS = 60_000
+/** A GPU's memory baseline not refreshed for this long belongs to a replica that is gone. */
+const MEMORY_STALE_MS = 300_000
+/** Reading co-tenants must not hold a decision (or close()) for longer than nvidia-smi's own deadline. */
+const FEATURES_TIMEOUT_MS = 5_000
 
 /** A small, seeded generator for the holdout draws (the learner has its own). */
 function lcg(seed: number): () => number {
@@ -127,6 +138,7 @@ export class MitigationOrchestrator {
   private closed = false
   private lastCp: Checkpoint | null = null
   private lastOnsetSecond = -1
+  private lastSweepAt = Number.NEGATIVE_INFINITY
   /** Actions running now, by `replica|failureType`. */
   private readonly running = new Map<string, Promise<void>>()
   /** Actions left in place (caps, weights) until their alarm has been quiet, by key. */
@@ -141,6 +153,7 @@ export class MitigationOrchestrator {
   private saving: Promise<void> = Promise.resolve()
 
   constructor(options: OrchestratorOptions) {
+    validateOptions(options)
     this.options = options
     this.judge = new OutcomeJudge({
       slo: options.slo,
@@ -192,6 +205,10 @@ export class MitigationOrchestrator {
     for (const j of this.judge.observe(cp, onsets, atRisk)) this.judged(j)
     this.rollbacks(t)
     for (const c of candidates) this.consider(c, cp)
+    if (t - this.lastSweepAt >= SWEEP_MS) {
+      this.lastSweepAt = t
+      this.sweep(t)
+    }
   }
 
   /**
@@ -214,7 +231,7 @@ export class MitigationOrchestrator {
       } catch (err) {
         this.options.reportError(
           'VLLM_MONITOR_MITIGATION_FAILED',
-          `native reflex: capping ${replica} failed: ${(err as Error).message}`,
+          `native reflex: capping ${replica} failed: ${messageOf(err)}`,
         )
         limit = null
       }
@@ -249,10 +266,7 @@ export class MitigationOrchestrator {
     await this.settle()
     await this.saving
     await this.options.learner.save().catch((err: unknown) => {
-      this.options.reportError(
-        'VLLM_MONITOR_LEARNER_STATE',
-        `saving the learner failed: ${(err as Error).message}`,
-      )
+      this.options.reportError('VLLM_MONITOR_LEARNER_STATE', `saving the learner failed: ${messageOf(err)}`)
     })
   }
 
@@ -287,15 +301,24 @@ export class MitigationOrchestrator {
   }
 
   private consider(c: Candidate, cp: Checkpoint): void {
+    // A native alert's queued response can come after close().
+    if (this.closed) return
     const key = `${c.replica}|${c.failureType}`
-    // One response per replica and failure type at a time: running, in place, or being judged.
-    if (this.running.has(key) || this.inPlace.has(key) || this.judge.isOpen(c.replica, c.failureType)) return
+    // One response per replica and failure type at a time: running, in place, being judged, or
+    // being rolled back (a rollback finishing after a new action would lift the new action's cap).
+    if (
+      this.running.has(key) ||
+      this.running.has(`${key}|rollback`) ||
+      this.inPlace.has(key) ||
+      this.judge.isOpen(c.replica, c.failureType)
+    )
+      return
     if ((this.deferUntil.get(key) ?? Number.NEGATIVE_INFINITY) > this.options.now()) return
     const p = this.act(c, cp, key)
       .catch((err: unknown) => {
         this.options.reportError(
           'VLLM_MONITOR_MITIGATION_FAILED',
-          `mitigating ${c.failureType} on ${c.replica} failed: ${(err as Error).stack ?? String(err)}`,
+          `mitigating ${c.failureType} on ${c.replica} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
         )
       })
       .finally(() => this.running.delete(key))
@@ -304,8 +327,10 @@ export class MitigationOrchestrator {
 
   private async act(c: Candidate, cp: Checkpoint, key: string): Promise<void> {
     const o = this.options
+    if (o.ready !== undefined) await o.ready.then(noop, noop)
     const t = o.now()
     const features = await this.features(cp, c)
+    if (this.closed) return
     const decision = o.learner.choose(c.failureType, features, o.candidates?.(c.failureType))
     const id = `m${t.toFixed(0)}-${++this.seq}`
     const base = { id, replica: c.replica, failureType: c.failureType }
@@ -450,43 +475,57 @@ export class MitigationOrchestrator {
 
   private async execute(strategy: MitigationStrategy, ctx: MitigationContext): Promise<MitigationResult> {
     const timeoutMs = this.options.actionTimeoutMs ?? 60_000
+    const done = await this.bounded(timeoutMs, (signal) =>
+      Promise.resolve()
+        .then(() => strategy.execute({ ...ctx, signal }))
+        .then(
+          (r) => sanitize(strategy.name, r),
+          (err: unknown) => {
+            const e = new MitigationError(`${strategy.name} threw: ${messageOf(err)}`, {
+              cause: err,
+            })
+            this.options.reportError(e.code, e.message)
+            return { outcome: 'FAILURE' as const, detail: e.message, actions: [] }
+          },
+        ),
+    )
+    return (
+      done?.value ?? {
+        outcome: 'FAILURE',
+        detail: `${strategy.name} did not finish within ${timeoutMs} ms`,
+        actions: [],
+      }
+    )
+  }
+
+  /**
+   * Runs `work` with a signal that aborts on close() or past `timeoutMs`; past it, resolves null
+   * without waiting for `work` any longer (a strategy that ignores its signal must not hold a key,
+   * a safety slot or close() forever).
+   */
+  private async bounded<T>(
+    timeoutMs: number,
+    work: (signal: AbortSignal) => Promise<T>,
+  ): Promise<{ value: T } | null> {
     const ac = new AbortController()
-    const onClose = () => ac.abort(this.controller.signal.reason)
-    this.controller.signal.addEventListener('abort', onClose, { once: true })
+    const closing = this.controller.signal
+    const onClose = () => ac.abort(closing.reason)
+    // Started after close() (a native alert's queued response): the abort event has already fired.
+    if (closing.aborted) onClose()
+    else closing.addEventListener('abort', onClose, { once: true })
     let timer: ReturnType<typeof setTimeout> | null = null
-    const deadline = new Promise<MitigationResult>((resolve) => {
+    const deadline = new Promise<null>((resolve) => {
       timer = setTimeout(() => {
         ac.abort(new Error(`deadline of ${timeoutMs} ms passed`))
-        resolve({
-          outcome: 'FAILURE',
-          detail: `${strategy.name} did not finish within ${timeoutMs} ms`,
-          actions: [],
-        })
+        resolve(null)
       }, timeoutMs)
       timer.unref?.()
     })
     try {
-      return await Promise.race([
-        Promise.resolve()
-          .then(() => strategy.execute({ ...ctx, signal: ac.signal }))
-          .then(
-            (r) => sanitize(strategy.name, r),
-            (err: unknown) => {
-              const e = new MitigationError(
-                `${strategy.name} threw: ${(err as Error)?.message ?? String(err)}`,
-                {
-                  cause: err,
-                },
-              )
-              this.options.reportError(e.code, e.message)
-              return { outcome: 'FAILURE' as const, detail: e.message, actions: [] }
-            },
-          ),
-        deadline,
-      ])
+      return await Promise.race([work(ac.signal).then((value) => ({ value })), deadline])
     } finally {
       if (timer !== null) clearTimeout(timer)
-      this.controller.signal.removeEventListener('abort', onClose)
+      closing.removeEventListener('abort', onClose)
     }
   }
 
@@ -533,10 +572,7 @@ export class MitigationOrchestrator {
     try {
       o.reportOutcome?.({ t: j.judgedAt, replica: j.replica, failureType: j.failureType, outcome })
     } catch (err) {
-      o.reportError(
-        'VLLM_MONITOR_MITIGATION_FAILED',
-        `reporting an outcome failed: ${(err as Error).message}`,
-      )
+      o.reportError('VLLM_MONITOR_MITIGATION_FAILED', `reporting an outcome failed: ${messageOf(err)}`)
     }
   }
 
@@ -551,7 +587,6 @@ export class MitigationOrchestrator {
       // would let the queue flood the replica. Wait until the gateway holds nothing for it.
       if (queuedFor(this.options.actuators.admission, record.replica) > 0) continue
       this.inPlace.delete(key)
-      record.rolledBack = true
       const cp = this.lastCp
       const ctx = this.context(
         {
@@ -562,8 +597,14 @@ export class MitigationOrchestrator {
         },
         cp,
       )
-      const p = Promise.resolve()
-        .then(() => strategy.rollback?.(ctx))
+      const timeoutMs = this.options.actionTimeoutMs ?? 60_000
+      const p = this.bounded(timeoutMs, (signal) =>
+        Promise.resolve().then(() => strategy.rollback?.({ ...ctx, signal })),
+      )
+        .then((done) => {
+          if (done === null) throw new MitigationError(`it did not finish within ${timeoutMs} ms`)
+          record.rolledBack = true
+        })
         .then(
           () =>
             this.writeAudit({
@@ -578,7 +619,7 @@ export class MitigationOrchestrator {
           (err: unknown) =>
             this.options.reportError(
               'VLLM_MONITOR_MITIGATION_FAILED',
-              `rolling back ${record.strategy} on ${record.replica} failed: ${(err as Error).message}`,
+              `rolling back ${record.strategy} on ${record.replica} failed: ${messageOf(err)}`,
             ),
         )
         .finally(() => this.running.delete(`${key}|rollback`))
@@ -612,6 +653,19 @@ export class MitigationOrchestrator {
   private runningOf(replica: string): number | null {
     const e = this.lastCp?.engines.find((x) => x.replica === replica)
     return e?.reading?.requestsRunning ?? null
+  }
+
+  /** Drops what keys of replicas that left (or went quiet) left behind; the maps would grow with churn. */
+  private sweep(t: number): void {
+    const quiet = Math.max(STILL_AT_RISK_MS, this.options.rollbackQuietMs ?? 30_000)
+    for (const [key, at] of this.lastAlarmAt) {
+      // An action running or in place still reads its alarm's time to decide its rollback.
+      if (t - at <= quiet || this.inPlace.has(key) || this.running.has(key)) continue
+      this.lastAlarmAt.delete(key)
+    }
+    const now = this.options.now()
+    for (const [key, until] of this.deferUntil) if (until <= now) this.deferUntil.delete(key)
+    for (const [key, m] of this.memory) if (t - m.t > MEMORY_STALE_MS) this.memory.delete(key)
   }
 
   private trackMemory(cp: Checkpoint): void {
@@ -649,8 +703,8 @@ export class MitigationOrchestrator {
     const procs = this.options.actuators.processes
     if (procs !== null) {
       try {
-        const list = await procs.cotenants(c.replica)
-        cotenant = list.reduce((s, p) => s + (p.memoryUsedBytes ?? 0), 0)
+        const list = await this.bounded(FEATURES_TIMEOUT_MS, () => procs.cotenants(c.replica))
+        cotenant = list === null ? null : list.value.reduce((s, p) => s + (p.memoryUsedBytes ?? 0), 0)
       } catch {
         cotenant = null
       }
@@ -705,7 +759,7 @@ export class MitigationOrchestrator {
     } catch (err) {
       this.options.reportError(
         'VLLM_MONITOR_MITIGATION_FAILED',
-        `emitting an event failed: ${(err as Error).message}`,
+        `emitting an event failed: ${messageOf(err)}`,
       )
     }
   }
@@ -713,21 +767,60 @@ export class MitigationOrchestrator {
   private writeAudit(entry: Omit<AuditEntry, 'at'>): void {
     const log = this.options.audit
     if (log == null) return
-    log.append(entry).catch((err: unknown) => {
-      this.options.reportError('VLLM_MONITOR_AUDIT_LOG', (err as Error).message)
-    })
+    // A log that throws instead of rejecting must not throw into the native reflex's microtask
+    // (an uncaught exception there ends the host process).
+    const report = (err: unknown) => this.options.reportError('VLLM_MONITOR_AUDIT_LOG', messageOf(err))
+    try {
+      log.append(entry).catch(report)
+    } catch (err) {
+      report(err)
+    }
   }
 
   private saveLearner(): void {
     this.saving = this.saving
       .then(() => this.options.learner.save())
       .catch((err: unknown) => {
-        this.options.reportError(
-          'VLLM_MONITOR_LEARNER_STATE',
-          `saving the learner failed: ${(err as Error).message}`,
-        )
+        this.options.reportError('VLLM_MONITOR_LEARNER_STATE', `saving the learner failed: ${messageOf(err)}`)
       })
   }
+}
+
+function noop(): void {}
+
+/** The options a caller can get wrong, checked once: a NaN deadline would fail every action at once. */
+function validateOptions(o: OrchestratorOptions): void {
+  const fail = (m: string): never => {
+    throw new InvalidOptionError(`MitigationOrchestrator: ${m}`)
+  }
+  if (o === null || typeof o !== 'object') fail('options must be an object')
+  for (const k of ['now', 'emit', 'reportError'] as const)
+    if (typeof o[k] !== 'function') fail(`option "${k}" must be a function`)
+  const inUnit = (k: 'threshold' | 'holdout', v: unknown) => {
+    if (v !== undefined && !(typeof v === 'number' && v >= 0 && v <= 1))
+      fail(`option "${k}" must be a number in [0, 1], got ${String(v)}`)
+  }
+  inUnit('threshold', o.threshold)
+  inUnit('holdout', o.holdout)
+  const positive = (k: string, v: unknown, zero = false) => {
+    if (v !== undefined && !(typeof v === 'number' && Number.isFinite(v) && (zero ? v >= 0 : v > 0)))
+      fail(`option "${k}" must be a ${zero ? 'number >= 0' : 'positive number'} of ms, got ${String(v)}`)
+  }
+  positive('actionTimeoutMs', o.actionTimeoutMs)
+  positive('rollbackQuietMs', o.rollbackQuietMs, true)
+  for (const [k, v] of Object.entries(o.judgeWindowMs ?? {})) {
+    if (!(FAILURE_TYPES as readonly string[]).includes(k))
+      fail(`option "judgeWindowMs" has an unknown failure type "${k}"`)
+    positive(`judgeWindowMs["${k}"]`, v)
+  }
+  const f = o.nativeCapFraction
+  if (f !== undefined && !(typeof f === 'number' && f > 0 && f <= 1))
+    fail(`option "nativeCapFraction" must be a number in (0, 1], got ${String(f)}`)
+}
+
+/** What went wrong, whatever was thrown (`throw undefined` included: reporting must not throw). */
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
 }
 
 /** The cap the admission actuator holds on the replica now (null: none, or it cannot tell). */

@@ -38,7 +38,7 @@ class DeferredAudit {
   private log: Promise<AuditLog | null>
   constructor(path: string, reportError: (code: string, message: string) => void) {
     this.log = AuditLog.open(path).catch((err: unknown) => {
-      reportError('VLLM_MONITOR_AUDIT_LOG', (err as Error).message)
+      reportError('VLLM_MONITOR_AUDIT_LOG', err instanceof Error ? err.message : String(err))
       return null
     })
   }
@@ -61,9 +61,11 @@ export class MitigationRuntime {
   readonly ready: Promise<void>
   private readonly audit: DeferredAudit | null
   private readonly controls = new Map<string, VllmControlClient>()
+  private readonly reportError: (code: string, message: string) => void
 
   constructor(input: MitigationRuntimeInput) {
     const o = input.options
+    this.reportError = input.reportError
     this.learner = new ContinuousLearner({
       statePath: o.learnerState ?? null,
       explore: o.explore,
@@ -127,6 +129,7 @@ export class MitigationRuntime {
           slo: input.slo,
           now: input.now,
           ...(input.seed === undefined ? {} : { seed: input.seed }),
+          ready: this.ready,
           emit: input.emit,
           reportError: input.reportError,
           ...(input.reportOutcome === undefined ? {} : { reportOutcome: input.reportOutcome }),
@@ -137,7 +140,13 @@ export class MitigationRuntime {
   async close(): Promise<void> {
     await this.ready
     if (this.orchestrator !== null) await this.orchestrator.close()
-    else await this.learner.save().catch(() => {})
+    else
+      await this.learner.save().catch((err: unknown) => {
+        this.reportError(
+          'VLLM_MONITOR_LEARNER_STATE',
+          `saving the learner failed: ${err instanceof Error ? err.message : String(err)}`,
+        )
+      })
     await this.audit?.close()
   }
 }

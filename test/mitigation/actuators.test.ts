@@ -325,6 +325,29 @@ describe('processesFromNvidiaSmi', () => {
     expect(await isRunning(stranger.pid!)).toBe(true)
   })
 
+  it('refuses to end a pid that only an older listing named (it may have exited and been reused)', async () => {
+    const earlier = run('sleep', ['35'])
+    const dir = await mkdtemp(join(tmpdir(), 'vllm-monitor-smi-'))
+    cleanups.push(() => rm(dir, { recursive: true, force: true }))
+    const rows = join(dir, 'rows.csv')
+    const path = join(dir, 'nvidia-smi')
+    await writeFile(path, `#!/bin/sh\ncat '${rows}'\n`)
+    await chmod(path, 0o755)
+    const processes = processesFromNvidiaSmi({
+      nvidiaSmiPath: path,
+      gpuUuids: () => [gpu0],
+      ownPids: () => [],
+    })
+    await writeFile(rows, `${earlier.pid}, sleep, 512, ${gpu0}\n`)
+    expect(await processes.cotenants('r0')).toHaveLength(1)
+    await writeFile(rows, '')
+    expect(await processes.cotenants('r0')).toEqual([])
+    await expect(processes.terminate(earlier.pid!)).rejects.toThrow(
+      `refusing to end pid ${earlier.pid}: the last co-tenant listing did not name it`,
+    )
+    expect(await isRunning(earlier.pid!)).toBe(true)
+  })
+
   it('rejects with NvidiaSmiError when nvidia-smi fails', async () => {
     const path = await fakeNvidiaSmi([], 9)
     const processes = processesFromNvidiaSmi({

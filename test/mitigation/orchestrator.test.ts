@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { DEFAULT_SLO, SCORING } from '../../src/forecast/spec.js'
 import { AdmissionController } from '../../src/gateway/admission.js'
 import { AuditLog, readAuditLog } from '../../src/mitigation/audit.js'
@@ -22,7 +22,7 @@ import type {
   MonitorEvent,
   Prediction,
 } from '../../src/telemetry/types.js'
-import { engineReading } from '../helpers/records.js'
+import { engineReading, gpuReading } from '../helpers/records.js'
 
 const dirs: string[] = []
 afterEach(async () => {
@@ -379,5 +379,183 @@ describe('the mitigation orchestrator', () => {
     expect(new Set(entries.map((e) => e.id)).size).toBe(1)
     expect(entries[0]).toMatchObject({ strategy: 'ReduceBatchSize', basis: 'runbook', replica: 'r0' })
     expect(entries[2]).toMatchObject({ verdict: 'avoided', reward: 1 })
+  })
+})
+
+/** Lets queued microtasks and I/O callbacks run. */
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve))
+
+/** A strategy whose rollback waits until the test lets it finish. */
+class SlowRollback extends Recorder {
+  rollbackStarted = false
+  release: () => void = () => {}
+  override rollback(ctx: MitigationContext): Promise<void> {
+    this.rollbackStarted = true
+    return new Promise((resolve) => {
+      this.release = () => {
+        this.rollbacks.push(ctx.replica)
+        resolve()
+      }
+    })
+  }
+}
+
+/** Ticks without waiting for actions, until `done` holds (or the clock reaches `untilMs`). */
+async function tickUntil(s: Setup, untilMs: number, done: () => boolean): Promise<void> {
+  while (s.clock.t < untilMs && !done()) {
+    s.clock.t += 1000
+    s.orch.observe(checkpoint(s.clock.t), [], [])
+    await turn()
+  }
+}
+
+describe('the mitigation orchestrator under faults and over time', () => {
+  it.each([
+    [{ actionTimeoutMs: Number.NaN }, 'option "actionTimeoutMs" must be a positive number of ms, got NaN'],
+    [{ rollbackQuietMs: -1 }, 'option "rollbackQuietMs" must be a number >= 0 of ms, got -1'],
+    [{ holdout: 1.5 }, 'option "holdout" must be a number in [0, 1], got 1.5'],
+    [{ threshold: -0.1 }, 'option "threshold" must be a number in [0, 1], got -0.1'],
+    [{ nativeCapFraction: 2 }, 'option "nativeCapFraction" must be a number in (0, 1], got 2'],
+    [{ judgeWindowMs: { oom: 0 } }, 'option "judgeWindowMs["oom"]" must be a positive number of ms, got 0'],
+    [{ judgeWindowMs: { leak: 1 } as never }, 'option "judgeWindowMs" has an unknown failure type "leak"'],
+  ])('refuses %o, naming the option', (over, message) => {
+    expect(() => setup(over as Partial<OrchestratorOptions>)).toThrow(
+      expect.objectContaining({
+        code: 'VLLM_MONITOR_INVALID_OPTION',
+        message: `MitigationOrchestrator: ${message}`,
+      }),
+    )
+  })
+
+  it('gives up on a rollback that never finishes at the action deadline, so close() still resolves', async () => {
+    const strategy = new SlowRollback('ReduceBatchSize', ['kv-exhaustion'])
+    const s = setup({ actionTimeoutMs: 50 }, strategy)
+    await run(s, 20_000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []))
+    expect(strategy.rollbackStarted).toBe(true)
+    expect(s.orch.inProgress).toBe(false)
+    await s.orch.close()
+    expect(s.orch.actions()[0]?.rolledBack).toBe(false)
+    expect(s.errors).toContainEqual({
+      code: 'VLLM_MONITOR_MITIGATION_FAILED',
+      message: 'rolling back ReduceBatchSize on r0 failed: it did not finish within 50 ms',
+    })
+  })
+
+  it('reports a rollback that rejects with no error at all instead of throwing it out', async () => {
+    const s = setup()
+    s.strategy.rollback = () => Promise.reject(undefined)
+    await run(s, 20_000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []))
+    expect(s.errors).toContainEqual({
+      code: 'VLLM_MONITOR_MITIGATION_FAILED',
+      message: 'rolling back ReduceBatchSize on r0 failed: undefined',
+    })
+    expect(s.orch.actions()[0]?.rolledBack).toBe(false)
+  })
+
+  it('starts no new action for a replica and failure type while its last rollback is still running', async () => {
+    const strategy = new SlowRollback('ReduceBatchSize', ['kv-exhaustion'])
+    const clock = { t: 0 }
+    const s = setup(
+      {
+        safety: new SafetyGate({ cooldownMs: 0, failureTypeCooldownMs: 0, now: () => clock.t }),
+        now: () => clock.t,
+      },
+      strategy,
+    )
+    Object.assign(s, { clock })
+    await run(s, 2000, (t) => (t <= 2000 ? [alarm('kv-exhaustion')] : []))
+    await tickUntil(s, 30_000, () => strategy.rollbackStarted)
+    expect(strategy.rollbackStarted).toBe(true)
+    s.clock.t += 1000
+    s.orch.observe(checkpoint(s.clock.t), [alarm('kv-exhaustion')], [alarm('kv-exhaustion')])
+    for (let i = 0; i < 5; i++) await turn()
+    // A new cap set now would be lifted by the rollback finishing after it.
+    expect(strategy.calls).toHaveLength(1)
+    strategy.release()
+    await s.orch.settle()
+    await run(s, s.clock.t + 1000, () => [alarm('kv-exhaustion')])
+    expect(strategy.calls).toHaveLength(2)
+  })
+
+  it('decides without the co-tenant reading when the process list never answers', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
+    try {
+      const processes = { cotenants: () => new Promise<never>(() => {}), terminate: async () => false }
+      const s = setup({ actuators: actuators({ processes }) })
+      s.clock.t = 1000
+      s.orch.observe(checkpoint(1000), [alarm('kv-exhaustion')], [alarm('kv-exhaustion')])
+      await vi.advanceTimersByTimeAsync(5_000)
+      await s.orch.settle()
+      expect(s.strategy.calls).toHaveLength(1)
+      expect(s.orch.inProgress).toBe(false)
+    } finally {
+      vi.useRealTimers()
+    }
+  })
+
+  it('makes no decision before the learner state is restored', async () => {
+    let restored: () => void = () => {}
+    const ready = new Promise<void>((resolve) => {
+      restored = resolve
+    })
+    const s = setup({ ready })
+    s.clock.t = 1000
+    s.orch.observe(checkpoint(1000), [alarm('kv-exhaustion')], [alarm('kv-exhaustion')])
+    for (let i = 0; i < 5; i++) await turn()
+    expect(s.strategy.calls).toHaveLength(0)
+    expect(s.learner.toJSON().decisions).toBe(0)
+    restored()
+    await s.orch.settle()
+    expect(s.strategy.calls).toHaveLength(1)
+  })
+
+  it("does not act on a native alert's queued response once closed", async () => {
+    const cleanup = new Recorder('EmergencyGPUMemoryCleanup', ['oom'])
+    const s = setup({}, cleanup)
+    s.clock.t = 1000
+    s.orch.observe(checkpoint(1000), [], [])
+    s.orch.nativeAlert('r0', 'GPU 0 memory 98.5 %')
+    await s.orch.close()
+    for (let i = 0; i < 5; i++) await turn()
+    expect(cleanup.calls).toHaveLength(0)
+  })
+
+  it('reports an audit log that throws instead of rejecting, from the native reflex too', async () => {
+    const audit = {
+      append(): Promise<void> {
+        throw new Error('disk gone')
+      },
+    }
+    const s = setup({ audit })
+    s.clock.t = 1000
+    s.orch.observe(checkpoint(1000), [], [])
+    s.orch.nativeAlert('r0', 'GPU 0 memory 98.5 %')
+    for (let i = 0; i < 5; i++) await turn()
+    await s.orch.settle()
+    expect(s.errors).toContainEqual({ code: 'VLLM_MONITOR_AUDIT_LOG', message: 'disk gone' })
+  })
+
+  it('forgets the alarms, refusals and memory baselines of replicas that have left', async () => {
+    const clock = { t: 0 }
+    const s = setup({
+      // Every action is refused (denied), so each replica leaves a refusal behind.
+      safety: new SafetyGate({ now: () => clock.t, approveAll: true, approve: () => false }),
+      now: () => clock.t,
+    })
+    Object.assign(s, { clock })
+    // A rolling deployment: a new replica every minute for two hours, each alarming once.
+    for (let i = 0; i < 120; i++) {
+      const name = `pod-${i}`
+      s.clock.t += 60_000
+      const cp = checkpoint(s.clock.t, [engine(name), engine('r1')])
+      cp.gpus = [gpuReading({ replica: name, gpu: 0 })]
+      s.orch.observe(cp, [alarm('kv-exhaustion', name)], [alarm('kv-exhaustion', name)])
+      await s.orch.settle()
+    }
+    await run(s, s.clock.t + 600_000)
+    const maps = s.orch as unknown as Record<'lastAlarmAt' | 'deferUntil' | 'memory', Map<string, unknown>>
+    expect(maps.lastAlarmAt.size).toBe(0)
+    expect(maps.deferUntil.size).toBe(0)
+    expect(maps.memory.size).toBe(0)
   })
 })
