@@ -13,12 +13,14 @@
  * beyond the cap's reason string) and then queues the considered response (EmergencyGPUMemoryCleanup
  * or whatever the learner prefers) on the normal path.
  */
-import { InvalidOptionError, MitigationError } from '../errors.js'
+import { MitigationError } from '../errors.js'
 import { type FailureOnset, OnsetTracker } from '../forecast/onsets.js'
-import { FAILURE_TYPES, SCORING, type SloOptions } from '../forecast/spec.js'
+import { SCORING, type SloOptions } from '../forecast/spec.js'
 import type { Checkpoint, FailureType, MonitorEvent, Prediction } from '../telemetry/types.js'
 import type { AuditEntry, AuditLog } from './audit.js'
+import { contextFeatures, failingNow, MemoryGrowth } from './context.js'
 import type { ContinuousLearner, Decision, LearnerFeatures } from './learner.js'
+import { capOf, lcg, messageOf, noop, queuedFor, sanitize, validateOptions } from './orchestrator-util.js'
 import { type Judgement, OutcomeJudge } from './outcome.js'
 import type { SafetyGate } from './safety.js'
 import type {
@@ -115,19 +117,8 @@ const STILL_AT_RISK_MS = 5_000
 const DEFER_MS = 60_000
 /** How often the per-key maps drop what replicas that left (or went quiet) left behind. */
 const SWEEP_MS = 60_000
-/** A GPU's memory baseline not refreshed for this long belongs to a replica that is gone. */
-const MEMORY_STALE_MS = 300_000
 /** Reading co-tenants must not hold a decision (or close()) for longer than nvidia-smi's own deadline. */
 const FEATURES_TIMEOUT_MS = 5_000
-
-/** A small, seeded generator for the holdout draws (the learner has its own). */
-function lcg(seed: number): () => number {
-  let s = (seed >>> 0) ^ 0x9e3779b9
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
-    return s / 4294967296
-  }
-}
 
 export class MitigationOrchestrator {
   readonly options: OrchestratorOptions
@@ -148,7 +139,7 @@ export class MitigationOrchestrator {
   private readonly deferUntil = new Map<string, number>()
   private readonly records: ActionRecord[] = []
   private readonly counts = new Map<string, MitigationCount>()
-  private readonly memory = new Map<string, { t: number; used: number; growth: number | null }>()
+  private readonly memory = new MemoryGrowth()
   private readonly controller = new AbortController()
   private saving: Promise<void> = Promise.resolve()
 
@@ -190,7 +181,7 @@ export class MitigationOrchestrator {
   observe(cp: Checkpoint, predictions: readonly Prediction[], alarms: readonly Prediction[]): void {
     if (this.closed) return
     this.lastCp = cp
-    this.trackMemory(cp)
+    this.memory.observe(cp)
     const sec = Math.floor(cp.t / 1000)
     let onsets: FailureOnset[] = []
     if (sec > this.lastOnsetSecond) {
@@ -367,9 +358,10 @@ export class MitigationOrchestrator {
       judgement: null,
       rolledBack: false,
     }
-    const alreadyFailing = this.failingNow(cp, c)
+    const alreadyFailing = failingNow(cp, c.replica, c.failureType)
     if ((o.holdout ?? 0) > 0 && this.rand() < (o.holdout ?? 0)) {
       record.holdout = true
+      this.release(decision)
       this.remember(record)
       this.writeAudit({ t, kind: 'skipped', ...base, strategy: decision.strategy, reason: 'holdout' })
       this.judge.start({
@@ -392,6 +384,7 @@ export class MitigationOrchestrator {
       reason: c.trigger.detail,
     })
     if (!verdict.allowed) {
+      this.release(decision)
       // Asking again every tick would only repeat the refusal (and re-ask a human who said no).
       this.deferUntil.set(key, o.now() + (verdict.retryAfterMs ?? DEFER_MS))
       this.count(decision.strategy, 'SKIPPED')
@@ -407,6 +400,7 @@ export class MitigationOrchestrator {
     }
     if (verdict.dryRun) {
       o.safety.finish(id)
+      this.release(decision)
       this.count(decision.strategy, 'SKIPPED')
       this.writeAudit({
         t: o.now(),
@@ -455,7 +449,10 @@ export class MitigationOrchestrator {
       },
       'mitigation',
     )
-    if (result.outcome === 'SKIPPED') return
+    if (result.outcome === 'SKIPPED') {
+      this.release(decision)
+      return
+    }
     this.judge.start({
       id,
       replica: c.replica,
@@ -641,15 +638,6 @@ export class MitigationOrchestrator {
     }
   }
 
-  /** The failure is already under way (a hang detected after it started, a storm in progress). */
-  private failingNow(cp: Checkpoint, c: Candidate): boolean {
-    if (c.failureType === 'network-failure' || c.failureType === 'hardware-failure') return true
-    const e = cp.engines.find((x) => x.replica === c.replica)
-    if (e === undefined) return false
-    if (c.failureType === 'oom') return e.lifecycleState === 'ERROR'
-    return false
-  }
-
   private runningOf(replica: string): number | null {
     const e = this.lastCp?.engines.find((x) => x.replica === replica)
     return e?.reading?.requestsRunning ?? null
@@ -665,40 +653,23 @@ export class MitigationOrchestrator {
     }
     const now = this.options.now()
     for (const [key, until] of this.deferUntil) if (until <= now) this.deferUntil.delete(key)
-    for (const [key, m] of this.memory) if (t - m.t > MEMORY_STALE_MS) this.memory.delete(key)
+    this.memory.sweep(t)
   }
 
-  private trackMemory(cp: Checkpoint): void {
-    for (const g of cp.gpus) {
-      if (g.replica === null || g.memoryUsedBytes === null) continue
-      const key = `${g.replica}|${g.gpu}`
-      const prev = this.memory.get(key)
-      if (prev === undefined) this.memory.set(key, { t: cp.t, used: g.memoryUsedBytes, growth: null })
-      else if (cp.t - prev.t >= 5_000) {
-        const growth = ((g.memoryUsedBytes - prev.used) * 1000) / (cp.t - prev.t)
-        this.memory.set(key, { t: cp.t, used: g.memoryUsedBytes, growth })
-      }
+  /**
+   * A decision that will never be judged (held out, refused, a dry run, a strategy that did not
+   * act): tell the learner, so a declined exploration stops holding its exploration budget.
+   */
+  private release(decision: Decision): void {
+    try {
+      this.options.learner.update(decision, 0, 'SKIPPED')
+    } catch (err) {
+      this.options.reportError('VLLM_MONITOR_MITIGATION_FAILED', `learner: ${messageOf(err)}`)
     }
   }
 
-  /** The learner's context: the replica's readings, its worst GPU, and what the rest of the fleet can absorb. */
+  /** The learner's context; co-tenants are read through the process actuator, bounded. */
   private async features(cp: Checkpoint, c: Candidate): Promise<LearnerFeatures> {
-    const e = cp.engines.find((x) => x.replica === c.replica)
-    const r = e?.reading ?? null
-    let memFrac: number | null = null
-    let growth: number | null = null
-    let temp: number | null = null
-    for (const g of cp.gpus) {
-      if (g.replica !== c.replica) continue
-      if (g.memoryUsedBytes !== null && g.memoryTotalBytes !== null && g.memoryTotalBytes > 0) {
-        const f = g.memoryUsedBytes / g.memoryTotalBytes
-        if (memFrac === null || f > memFrac) memFrac = f
-      }
-      const m = this.memory.get(`${c.replica}|${g.gpu}`)
-      if (m?.growth != null && (growth === null || m.growth > growth)) growth = m.growth
-      if (g.temperatureCelsius !== null && (temp === null || g.temperatureCelsius > temp))
-        temp = g.temperatureCelsius
-    }
     let cotenant: number | null = null
     const procs = this.options.actuators.processes
     if (procs !== null) {
@@ -709,30 +680,7 @@ export class MitigationOrchestrator {
         cotenant = null
       }
     }
-    // Headroom of the others: KV room on replicas that serve with no queue; none when all queue.
-    let room = 0
-    let others = 0
-    for (const x of cp.engines) {
-      if (x.replica === c.replica) continue
-      if (x.lifecycleState !== 'SERVING' && x.lifecycleState !== 'DEGRADED') continue
-      others++
-      const xr = x.reading
-      if (xr === null || x.stale) continue
-      if ((xr.requestsWaiting ?? 0) > 0) continue
-      room += Math.max(0, 1 - (xr.kvCacheUsage ?? 1))
-    }
-    return {
-      kvCacheUsage: r?.kvCacheUsage ?? null,
-      requestsWaiting: r?.requestsWaiting ?? null,
-      requestsRunning: r?.requestsRunning ?? null,
-      memoryUsedFraction: memFrac,
-      memoryGrowthBytesPerSec: growth,
-      cotenantMemoryBytes: cotenant,
-      tempCelsius: temp,
-      fleetHeadroom: others === 0 ? 0 : room / others,
-      probability: c.prediction?.probability ?? null,
-      timeToFailureS: c.prediction?.timeToFailureS ?? null,
-    }
+    return contextFeatures(cp, c.replica, c.prediction, this.memory, cotenant)
   }
 
   private remember(r: ActionRecord): void {
@@ -783,73 +731,5 @@ export class MitigationOrchestrator {
       .catch((err: unknown) => {
         this.options.reportError('VLLM_MONITOR_LEARNER_STATE', `saving the learner failed: ${messageOf(err)}`)
       })
-  }
-}
-
-function noop(): void {}
-
-/** The options a caller can get wrong, checked once: a NaN deadline would fail every action at once. */
-function validateOptions(o: OrchestratorOptions): void {
-  const fail = (m: string): never => {
-    throw new InvalidOptionError(`MitigationOrchestrator: ${m}`)
-  }
-  if (o === null || typeof o !== 'object') fail('options must be an object')
-  for (const k of ['now', 'emit', 'reportError'] as const)
-    if (typeof o[k] !== 'function') fail(`option "${k}" must be a function`)
-  const inUnit = (k: 'threshold' | 'holdout', v: unknown) => {
-    if (v !== undefined && !(typeof v === 'number' && v >= 0 && v <= 1))
-      fail(`option "${k}" must be a number in [0, 1], got ${String(v)}`)
-  }
-  inUnit('threshold', o.threshold)
-  inUnit('holdout', o.holdout)
-  const positive = (k: string, v: unknown, zero = false) => {
-    if (v !== undefined && !(typeof v === 'number' && Number.isFinite(v) && (zero ? v >= 0 : v > 0)))
-      fail(`option "${k}" must be a ${zero ? 'number >= 0' : 'positive number'} of ms, got ${String(v)}`)
-  }
-  positive('actionTimeoutMs', o.actionTimeoutMs)
-  positive('rollbackQuietMs', o.rollbackQuietMs, true)
-  for (const [k, v] of Object.entries(o.judgeWindowMs ?? {})) {
-    if (!(FAILURE_TYPES as readonly string[]).includes(k))
-      fail(`option "judgeWindowMs" has an unknown failure type "${k}"`)
-    positive(`judgeWindowMs["${k}"]`, v)
-  }
-  const f = o.nativeCapFraction
-  if (f !== undefined && !(typeof f === 'number' && f > 0 && f <= 1))
-    fail(`option "nativeCapFraction" must be a number in (0, 1], got ${String(f)}`)
-}
-
-/** What went wrong, whatever was thrown (`throw undefined` included: reporting must not throw). */
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
-}
-
-/** The cap the admission actuator holds on the replica now (null: none, or it cannot tell). */
-function capOf(admission: unknown, replica: string): number | null {
-  const a = admission as { state?: (r: string) => { cap?: number | null } } | null
-  return typeof a?.state === 'function' ? (a.state(replica).cap ?? null) : null
-}
-
-/** Requests the gateway holds back for the replica now (0 when the actuator cannot tell). */
-function queuedFor(admission: unknown, replica: string): number {
-  const a = admission as { queued?: (r: string) => number; state?: (r: string) => { queued?: number } } | null
-  try {
-    if (typeof a?.queued === 'function') return a.queued(replica)
-    if (typeof a?.state === 'function') return a.state(replica).queued ?? 0
-  } catch {
-    // An unknown replica, a closed gateway: nothing is held back that we can see.
-  }
-  return 0
-}
-
-function sanitize(name: string, r: unknown): MitigationResult {
-  const x = r as Partial<MitigationResult> | null
-  const outcomes: readonly string[] = ['SUCCESS', 'PARTIAL', 'FAILURE', 'SKIPPED']
-  if (x === null || typeof x !== 'object' || !outcomes.includes(String(x.outcome))) {
-    return { outcome: 'FAILURE', detail: `${name} returned no valid outcome`, actions: [] }
-  }
-  return {
-    outcome: x.outcome as MitigationOutcome,
-    detail: typeof x.detail === 'string' ? x.detail : '',
-    actions: Array.isArray(x.actions) ? x.actions.map(String) : [],
   }
 }

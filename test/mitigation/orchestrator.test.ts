@@ -553,9 +553,47 @@ describe('the mitigation orchestrator under faults and over time', () => {
       await s.orch.settle()
     }
     await run(s, s.clock.t + 600_000)
-    const maps = s.orch as unknown as Record<'lastAlarmAt' | 'deferUntil' | 'memory', Map<string, unknown>>
+    const maps = s.orch as unknown as Record<'lastAlarmAt' | 'deferUntil', Map<string, unknown>> & {
+      memory: { gpus: Map<string, unknown> }
+    }
     expect(maps.lastAlarmAt.size).toBe(0)
     expect(maps.deferUntil.size).toBe(0)
-    expect(maps.memory.size).toBe(0)
+    expect(maps.memory.gpus.size).toBe(0)
+  })
+})
+
+describe('the learner context the orchestrator builds', () => {
+  it('reads memory growth over a sliding window, fresh at the moment of the alarm', async () => {
+    const { MemoryGrowth } = await import('../../src/mitigation/context.js')
+    const m = new MemoryGrowth()
+    const MiB = 1024 ** 2
+    const at = (t: number, used: number) =>
+      m.observe({ ...checkpoint(t), gpus: [gpuReading({ replica: 'r0', gpu: 0, memoryUsedBytes: used })] })
+    for (let t = 0; t <= 20_000; t += 100) at(t, 10_000 * MiB)
+    expect(m.growth('r0', 0)).toBe(0)
+    // A leak of 96 MiB/s starts; six seconds in, the growth already says so.
+    for (let t = 20_100; t <= 26_000; t += 100) at(t, 10_000 * MiB + ((t - 20_000) / 1000) * 96 * MiB)
+    expect(m.growth('r0', 0)).toBeGreaterThan(40 * MiB)
+    expect(m.growth('r0', 0)).toBeLessThan(96 * MiB)
+    // Ten seconds later only the leak is in the window.
+    for (let t = 26_100; t <= 60_000; t += 100) at(t, 10_000 * MiB + ((t - 20_000) / 1000) * 96 * MiB)
+    expect(m.growth('r0', 0)).toBeCloseTo(96 * MiB, -3)
+  })
+
+  it('releases a declined exploration so it stops holding the learner budget', async () => {
+    const clock = { t: 0 }
+    const s = setup({
+      safety: new SafetyGate({ now: () => clock.t, approveAll: true, approve: () => false }),
+      now: () => clock.t,
+    })
+    Object.assign(s, { clock })
+    const calls: string[] = []
+    const update = s.learner.update.bind(s.learner)
+    s.learner.update = (d, r, o) => {
+      calls.push(o)
+      update(d, r, o)
+    }
+    await run(s, 2000, () => [alarm('kv-exhaustion')])
+    expect(calls).toEqual(['SKIPPED'])
   })
 })
