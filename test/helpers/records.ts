@@ -1,5 +1,5 @@
 /** Telemetry records for tests: a serving engine with every counter at 0, a healthy GPU. */
-import type { EngineReading, GpuReading, TelemetryRecord } from '../../src/telemetry/types.js'
+import type { EngineDerived, EngineReading, GpuReading, TelemetryRecord } from '../../src/telemetry/types.js'
 
 export function engineReading(replica = 'r0', over: Partial<EngineReading> = {}): EngineReading {
   return {
@@ -70,4 +70,22 @@ export function engineRecord(
 
 export function gpuRecord(t: number, over: Partial<GpuReading> = {}): TelemetryRecord & { kind: 'gpu' } {
   return { t, kind: 'gpu', ...gpuReading(over) }
+}
+
+/** An engine's derived rates, all unknown unless given. */
+export function derived(over: Partial<EngineDerived> = {}): EngineDerived {
+  return {
+    preemptionsPerSec: null,
+    promptTokensPerSec: null,
+    generationTokensPerSec: null,
+    stepsPerSec: null,
+    errorsPerSec: null,
+    requestsFinishedPerSec: null,
+    ttftMeanMs: null,
+    itlMeanMs: null,
+    e2eMeanMs: null,
+    queueTimeMeanMs: null,
+    stalledForMs: null,
+    ...over,
+  }
 }

@@ -22,7 +22,7 @@ import type {
   MonitorEvent,
   Prediction,
 } from '../../src/telemetry/types.js'
-import { engineReading, gpuReading } from '../helpers/records.js'
+import { derived, engineReading, gpuReading } from '../helpers/records.js'
 
 const dirs: string[] = []
 afterEach(async () => {
@@ -49,19 +49,7 @@ function engine(
     }),
     readingAt: 0,
     stale: false,
-    derived: {
-      preemptionsPerSec: 0,
-      promptTokensPerSec: null,
-      generationTokensPerSec: null,
-      stepsPerSec: null,
-      errorsPerSec: null,
-      requestsFinishedPerSec: null,
-      ttftMeanMs: null,
-      itlMeanMs: null,
-      e2eMeanMs: null,
-      queueTimeMeanMs: null,
-      stalledForMs: 0,
-    },
+    derived: derived({ preemptionsPerSec: 0, stalledForMs: 0 }),
   }
 }
 

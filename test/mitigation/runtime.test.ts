@@ -6,7 +6,7 @@ import { DEFAULT_SLO, SCORING } from '../../src/forecast/spec.js'
 import { MitigationRuntime } from '../../src/mitigation/runtime.js'
 import { mitigationOptionsSchema } from '../../src/monitor/options.js'
 import type { Checkpoint, Prediction } from '../../src/telemetry/types.js'
-import { engineReading } from '../helpers/records.js'
+import { derived, engineReading } from '../helpers/records.js'
 
 const dirs: string[] = []
 afterEach(async () => {
@@ -42,19 +42,7 @@ function checkpoint(t: number): Checkpoint {
     reading: engineReading('r0', { kvCacheUsage: 0.95, requestsRunning: 40 }),
     readingAt: 0,
     stale: false,
-    derived: {
-      preemptionsPerSec: 0,
-      promptTokensPerSec: null,
-      generationTokensPerSec: null,
-      stepsPerSec: null,
-      errorsPerSec: null,
-      requestsFinishedPerSec: null,
-      ttftMeanMs: null,
-      itlMeanMs: null,
-      e2eMeanMs: null,
-      queueTimeMeanMs: null,
-      stalledForMs: 0,
-    },
+    derived: derived({ preemptionsPerSec: 0, stalledForMs: 0 }),
   }
   return {
     t,

@@ -40,6 +40,7 @@ import type {
   Prediction,
 } from '../../src/telemetry/types.js'
 import { VllmControlClient } from '../../src/vllm/control.js'
+import { derived } from '../helpers/records.js'
 import { closeSims, startSim, waitHealthy } from '../helpers/sim-http.js'
 
 const clients: VllmControlClient[] = []
@@ -110,19 +111,7 @@ function engine(s: EngineSpec): EngineSnapshot {
     reading: r,
     readingAt: r === null ? null : 1000,
     stale: false,
-    derived: {
-      preemptionsPerSec: null,
-      promptTokensPerSec: null,
-      generationTokensPerSec: null,
-      stepsPerSec: null,
-      errorsPerSec: null,
-      requestsFinishedPerSec: null,
-      ttftMeanMs: null,
-      itlMeanMs: null,
-      e2eMeanMs: null,
-      queueTimeMeanMs: null,
-      stalledForMs: null,
-    },
+    derived: derived(),
   }
 }
 

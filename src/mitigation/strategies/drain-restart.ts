@@ -5,8 +5,14 @@
  * goes ahead. Whatever the choreography changed and did not restore is restored by `restore()`.
  */
 import { MitigationError } from '../../errors.js'
-import type { MitigationContext, MitigationResult, RestartActuator } from '../types.js'
-import { abortedBeforeActing, abortText, errorText, result, unlessAborted } from './common.js'
+import type {
+  FailureType,
+  MitigationContext,
+  MitigationResult,
+  MitigationStrategy,
+  RestartActuator,
+} from '../types.js'
+import { abortedBeforeActing, abortText, errorText, OptionReader, result, unlessAborted } from './common.js'
 
 export interface DrainRestartOptions {
   drainTimeoutMs: number
@@ -128,5 +134,55 @@ export class DrainRestart {
     }
     const said = done.length === 0 ? 'nothing to restore' : done.join(', ')
     return failed.length === 0 ? said : `${said}; restore failed: ${failed.join('; ')}`
+  }
+}
+
+export interface RestartStrategyOptions {
+  /** How long to wait for in-flight requests before restarting anyway (default 30 000 ms). */
+  drainTimeoutMs?: number
+  /**
+   * Undrain and restore the routing weight as soon as the restart resolved (default true): vLLM
+   * refuses connections until it listens, and the gateway's breaker keeps it out meanwhile. With
+   * false the replica stays out until `rollback()`.
+   */
+  restoreAfterRestart?: boolean
+  handles?: readonly FailureType[]
+}
+
+/** A disruptive strategy that is the drain choreography and nothing else, under a name of its own. */
+export abstract class RestartStrategy implements MitigationStrategy {
+  abstract readonly name: string
+  readonly handles: readonly FailureType[]
+  readonly disruptive = true
+  readonly drainTimeoutMs: number
+  readonly restoreAfterRestart: boolean
+  readonly #choreography = new DrainRestart()
+
+  constructor(name: string, defaultHandles: readonly FailureType[], options?: RestartStrategyOptions) {
+    const o = new OptionReader(name, options)
+    this.drainTimeoutMs = o.nonNegative('drainTimeoutMs', 30_000)
+    this.restoreAfterRestart = o.boolean('restoreAfterRestart', true)
+    this.handles = o.failureTypes('handles', defaultHandles)
+  }
+
+  async execute(ctx: MitigationContext): Promise<MitigationResult> {
+    const actions: string[] = []
+    if (ctx.signal.aborted) return abortedBeforeActing(ctx, actions)
+    // Checked before anything is drained: without a supervisor nothing would restart it.
+    const sup = ctx.actuators.supervisor(ctx.replica)
+    if (sup === null)
+      return result('SKIPPED', `no supervisor for ${ctx.replica}: vLLM is not run by this monitor`, actions)
+    return this.#choreography.run(
+      ctx,
+      sup,
+      `${this.name}: ${ctx.trigger.detail}`,
+      undefined,
+      { drainTimeoutMs: this.drainTimeoutMs, restoreAfterRestart: this.restoreAfterRestart },
+      actions,
+    )
+  }
+
+  async rollback(ctx: MitigationContext): Promise<void> {
+    this.#choreography.restore(ctx)
   }
 }
