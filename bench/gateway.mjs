@@ -1,35 +1,53 @@
-// The gateway's cost on the request path, in one run against three targets that share one
-// upstream: the upstream directly, a bare undici pass-through proxy (the baseline: the least any
-// Node proxy costs), and vllm-monitor's gateway proxy (admission, picking, telemetry). The
-// upstream is a fixed-latency OpenAI-like server (`--upstream-ms`, default 20 ms; JSON, or SSE
-// with --stream).
-// - Throughput: autocannon (a real load generator), `--connections` (64) for `--seconds` per target.
-//   autocannon reports latency in whole milliseconds, too coarse for the added-latency figure, so:
-// - Latency: a client timing each request with hrtime at a load that leaves the CPU idle part of
-//   the time (8 in flight), the bare proxy and the gateway alternating in rounds to cancel drift.
-//   Reported: p50/p99 per target, the gateway's added p50/p99 over the bare proxy (target: p99
-//   <= 200 µs), and event-loop delay p99 under load.
-// - The Fastify plugin's own cost per request: its hooks (onRequest then onResponse) timed around
-//   a request object and a reply, the way Fastify calls them (target: p99 <= 20 µs), and, for
-//   scale, the same Fastify route through inject() with and without the plugin.
-//   node bench/gateway.mjs [--seconds 10] [--connections 64] [--upstream-ms 20] [--stream] [--json]
-import { createServer, request as httpRequest } from 'node:http'
+// Every issue-6 figure in one run: the gateway's cost on the request path, and what it does under
+// overload. Prints one summary table at the end (`--json`: one JSON object instead).
+// 1. Request path, three targets sharing one upstream: the upstream directly, a bare undici
+//    pass-through proxy (the baseline: the least any Node proxy costs), and vllm-monitor's gateway
+//    proxy (admission, picking, telemetry). The upstream is a fixed-latency OpenAI-like server
+//    (`--upstream-ms`, default 20 ms; JSON, or SSE with --stream).
+//    - Throughput: autocannon, `--connections` (64) for `--seconds` per target. autocannon reports
+//      latency in whole milliseconds, too coarse for the added-latency figure, so:
+//    - Latency: a client timing each request with hrtime at a load that leaves the CPU idle part of
+//      the time (8 in flight), the bare proxy and the gateway alternating in rounds to cancel
+//      drift. Reported: p50/p99 per target, the gateway's added p50/p99 over the bare proxy
+//      (target: p99 <= 200 µs), and event-loop delay p99 under load.
+// 2. Middleware and wrap cost per request: the Fastify plugin's hooks (onRequest then onResponse)
+//    timed around a request object and a reply, the way Fastify calls them, and `wrap(client)`
+//    around an in-process client against the bare client (target: p99 <= 20 µs); for scale, a
+//    Fastify route through inject() with and without the plugin.
+// 3. Overload (bench/lib/overload.mjs): a simulated two-replica vLLM fleet offered `--overload`
+//    (3) times its capacity, directly and through the gateway proxy with a `--slo-ms` (1000) TTFT
+//    SLO: admitted-request TTFT p99 within the SLO, every rejection a 429 with Retry-After, none
+//    failed or unsettled.
+//   node bench/gateway.mjs [--quick] [--seconds 10] [--connections 64] [--upstream-ms 20] [--stream]
+//                          [--slo-ms 1000] [--overload 3] [--overload-seconds 20] [--json]
+// --quick (< 1 min) shortens every phase: figures are noisier, use it to check the bench runs.
+import { createServer } from 'node:http'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import Fastify from 'fastify'
 import { Pool } from 'undici'
-import { fastifyPlugin, Gateway, GatewayProxy } from '../dist/index.js'
+import { fastifyPlugin, Gateway, GatewayProxy, wrap } from '../dist/index.js'
+import { runOverload } from './lib/overload.mjs'
 
 const args = process.argv.slice(2)
 const opt = (name, fallback) => {
   const i = args.indexOf(name)
   return i >= 0 ? Number(args[i + 1]) : fallback
 }
-const seconds = opt('--seconds', 10)
+const quick = args.includes('--quick')
+const seconds = opt('--seconds', quick ? 2 : 10)
 const connections = opt('--connections', 64)
 const upstreamMs = opt('--upstream-ms', 20)
 const stream = args.includes('--stream')
 const json = args.includes('--json')
+const sloMs = opt('--slo-ms', 1000)
+const overloadX = opt('--overload', 3)
+const overloadSeconds = opt('--overload-seconds', quick ? 8 : 20)
+/** Iterations of the in-process cost loops (the first fifth is warm-up). */
+const loops = quick ? 20_000 : 60_000
+const log = (line) => {
+  if (!json) process.stderr.write(`${line}\n`)
+}
 
 const BODY = JSON.stringify({
   id: 'cmpl-1',
@@ -129,8 +147,9 @@ for (const t of targets)
     method: 'POST',
     body: '{}',
     connections: 8,
-    duration: 1,
+    duration: quick ? 0.5 : 1,
   })
+log('request path: autocannon against direct, bare undici, gateway')
 const results = {}
 for (const t of targets) results[t.name] = await load(t.url)
 
@@ -157,9 +176,10 @@ async function sample(name, n) {
     }),
   )
 }
+log('request path: hrtime latency, alternating rounds')
 const rounds = Math.max(4, Math.round(seconds))
 for (let i = 0; i < rounds; i++)
-  for (const name of ['bare-undici', 'gateway', 'direct']) await sample(name, 400)
+  for (const name of ['bare-undici', 'gateway', 'direct']) await sample(name, quick ? 160 : 400)
 const q = (v, p) => v[Math.min(v.length - 1, Math.floor(p * v.length))]
 for (const name of Object.keys(latency)) {
   latency[name].sort((a, b) => a - b)
@@ -193,7 +213,7 @@ async function hookCost() {
       const r = fn(...a, (err) => (err ? reject(err) : resolve()))
       if (r && typeof r.then === 'function') r.then(resolve, reject)
     })
-  for (let i = 0; i < 60_000; i++) {
+  for (let i = 0; i < loops; i++) {
     const request = { headers: {}, raw: { headers: {} }, vllm: null }
     const reply = {
       statusCode: 200,
@@ -212,7 +232,7 @@ async function hookCost() {
     const t0 = process.hrtime.bigint()
     await call(hooks.onRequest, request, reply)
     await call(hooks.onResponse, request, reply)
-    if (i >= 10_000) lat.push(Number(process.hrtime.bigint() - t0) / 1000)
+    if (i >= loops / 5) lat.push(Number(process.hrtime.bigint() - t0) / 1000)
   }
   lat.sort((a, b) => a - b)
   return {
@@ -221,7 +241,47 @@ async function hookCost() {
     inFlightAfter: g.inFlight(),
   }
 }
+log('middleware: Fastify plugin hooks, wrap(client)')
 const hooks = await hookCost()
+
+// wrap(client): an OpenAI-like client whose create() resolves at once, called through wrap() and
+// bare, alternating; the difference is wrap's admission, tracking and proxying per call.
+async function wrapCost() {
+  const g = new Gateway({
+    replicas: [{ name: 'r0', url: upstreamUrl }],
+    admission: { initialLimit: 1024, maxLimit: 2048, minLimit: 512 },
+  })
+  const completion = JSON.parse(BODY)
+  const client = { chat: { completions: { create: async (_body) => completion } } }
+  const wrapped = wrap(g, client)
+  const body = { model: 'm', messages: [{ role: 'user', content: 'hi' }] }
+  const bare = []
+  const through = []
+  for (let i = 0; i < loops; i++) {
+    const t0 = process.hrtime.bigint()
+    await client.chat.completions.create(body)
+    const t1 = process.hrtime.bigint()
+    await wrapped.chat.completions.create(body)
+    const t2 = process.hrtime.bigint()
+    if (i >= loops / 5) {
+      bare.push(Number(t1 - t0) / 1000)
+      through.push(Number(t2 - t1) / 1000)
+    }
+  }
+  bare.sort((a, b) => a - b)
+  through.sort((a, b) => a - b)
+  const q = (v, p) => v[Math.min(v.length - 1, Math.floor(p * v.length))]
+  return {
+    bareP50Us: q(bare, 0.5),
+    bareP99Us: q(bare, 0.99),
+    wrappedP50Us: q(through, 0.5),
+    wrappedP99Us: q(through, 0.99),
+    addedP50Us: q(through, 0.5) - q(bare, 0.5),
+    addedP99Us: q(through, 0.99) - q(bare, 0.99),
+    inFlightAfter: g.inFlight(),
+  }
+}
+const wrapped = await wrapCost()
 
 // For scale: the same Fastify route through inject(), with and without the plugin.
 async function fastifyCost(withPlugin) {
@@ -236,10 +296,11 @@ async function fastifyCost(withPlugin) {
   app.post('/v1/chat/completions', async () => BODY)
   await app.ready()
   const lat = []
-  for (let i = 0; i < 25_000; i++) {
+  const n = loops / 2
+  for (let i = 0; i < n; i++) {
     const t0 = process.hrtime.bigint()
     await app.inject({ method: 'POST', url: '/v1/chat/completions', payload: '{}' })
-    if (i >= 5_000) lat.push(Number(process.hrtime.bigint() - t0) / 1000)
+    if (i >= n / 5) lat.push(Number(process.hrtime.bigint() - t0) / 1000)
   }
   await app.close()
   lat.sort((a, b) => a - b)
@@ -253,9 +314,13 @@ await pool.close()
 bare.close()
 upstream.close()
 
+log(`overload: ${overloadX}x capacity, ${overloadSeconds} s per path, TTFT SLO ${sloMs} ms`)
+const overload = await runOverload({ seconds: overloadSeconds, sloMs, overload: overloadX })
+
 const g = results.gateway
 const b = results['bare-undici']
 const summary = {
+  quick,
   upstreamMs,
   stream,
   connections,
@@ -271,25 +336,80 @@ const summary = {
     addedP50Us: withPlugin.p50Us - without.p50Us,
     addedP99Us: withPlugin.p99Us - without.p99Us,
   },
+  wrap: wrapped,
+  overload,
 }
-void httpRequest
 if (json) console.log(JSON.stringify(summary))
-else {
+else printSummary(summary)
+
+function printSummary(s) {
+  const us = (v) => `${v >= 0 ? '+' : ''}${v.toFixed(0)} µs`
+  const ms = (v) => (v === null ? '-' : `${v.toFixed(0)} ms`)
   console.log(
-    `gateway bench: upstream ${upstreamMs} ms ${stream ? 'SSE (8 chunks)' : 'JSON'}, ${connections} connections, ${seconds} s per run`,
+    `gateway bench${s.quick ? ' (--quick)' : ''}: upstream ${s.upstreamMs} ms ${s.stream ? 'SSE (8 chunks)' : 'JSON'}, ${s.connections} connections, ${s.seconds} s per target`,
   )
-  for (const [name, r] of Object.entries(results))
+  for (const [name, r] of Object.entries(s.results))
     console.log(
       `  ${name.padEnd(12)} latency p50 ${(r.p50Us / 1000).toFixed(3)} ms  p99 ${(r.p99Us / 1000).toFixed(3)} ms | ` +
         `autocannon ${r.reqPerSec.toFixed(0)} req/s  non-2xx ${r.non2xx}  errors ${r.errors}  event-loop p99 ${r.eventLoopP99Ms.toFixed(2)} ms`,
     )
   console.log(
-    `  gateway over bare undici: p50 +${summary.addedP50Us.toFixed(0)} µs, p99 +${summary.addedP99Us.toFixed(0)} µs (target <= 200 µs); throughput ${(summary.throughputShareOfBare * 100).toFixed(1)} % (target >= 90 %)`,
+    `  fastify inject() with vs without the plugin: p50 ${us(s.fastify.addedP50Us)}, p99 ${us(s.fastify.addedP99Us)} (inject's own noise dominates)`,
   )
-  console.log(
-    `  fastify plugin hooks per request: p50 ${hooks.p50Us.toFixed(1)} µs, p99 ${hooks.p99Us.toFixed(1)} µs (target p99 <= 20 µs)`,
+  const o = s.overload
+  const rows = [
+    ['proxy added latency over bare undici, p50', us(s.addedP50Us), '', null],
+    ['proxy added latency over bare undici, p99', us(s.addedP99Us), '<= 200 µs', s.addedP99Us <= 200],
+    [
+      'proxy throughput / bare undici',
+      `${(s.throughputShareOfBare * 100).toFixed(1)} %`,
+      '>= 90 %',
+      s.throughputShareOfBare >= 0.9,
+    ],
+    ['event-loop delay p99, gateway under load', `${g.eventLoopP99Ms.toFixed(2)} ms`, '', null],
+    [
+      'Fastify plugin hooks p99 per request',
+      `${s.fastify.hooks.p99Us.toFixed(1)} µs`,
+      '<= 20 µs',
+      s.fastify.hooks.p99Us <= 20,
+    ],
+    [
+      'wrap(client) p99 per call over the bare call',
+      us(s.wrap.addedP99Us),
+      '<= 20 µs',
+      s.wrap.addedP99Us <= 20,
+    ],
+  ]
+  for (const [name, p] of [
+    ['direct', o.direct],
+    ['gateway', o.gateway],
+  ])
+    rows.push([
+      `overload ${o.overload}x, ${name}: admitted TTFT p99 (${p.admitted} admitted)`,
+      ms(p.ttftP99Ms),
+      `<= ${o.sloMs} ms`,
+      name === 'gateway' ? p.ttftP99Ms !== null && p.ttftP99Ms <= o.sloMs : null,
+    ])
+  const og = o.gateway
+  rows.push(
+    [
+      'overload, gateway: rejections 429 + Retry-After / other',
+      `${og.rejected429WithRetryAfter} / ${og.rejectedOther}`,
+      'other = 0',
+      og.rejectedOther === 0,
+    ],
+    [
+      'overload, both paths: failed / unsettled',
+      `${o.direct.failed + og.failed} / ${o.direct.unsettled + og.unsettled}`,
+      '0 / 0',
+      o.direct.failed + og.failed + o.direct.unsettled + og.unsettled === 0,
+    ],
   )
-  console.log(
-    `  fastify inject() with vs without the plugin: p50 ${summary.fastify.addedP50Us >= 0 ? '+' : ''}${summary.fastify.addedP50Us.toFixed(1)} µs, p99 ${summary.fastify.addedP99Us >= 0 ? '+' : ''}${summary.fastify.addedP99Us.toFixed(1)} µs (inject's own noise dominates)`,
-  )
+  const w = Math.max(...rows.map((r) => r[0].length))
+  console.log('')
+  console.log(`  ${'figure'.padEnd(w)}  ${'measured'.padStart(14)}  ${'target'.padEnd(11)}  ok`)
+  for (const [name, v, target, ok] of rows)
+    console.log(
+      `  ${name.padEnd(w)}  ${v.padStart(14)}  ${target.padEnd(11)}  ${ok === null ? '' : ok ? 'yes' : 'NO'}`,
+    )
 }

@@ -2,7 +2,8 @@
  * `vllm-monitor gateway --upstream URL [--upstream URL ...] --port P`: the standalone gateway, an
  * OpenAI-compatible pass-through that picks a replica per request (with `--monitor`, the default,
  * from scraped KV-cache and queue readings), sheds overload with 429 + Retry-After, fails over
- * from replicas that refuse or time out, and reports stalled streams. SIGTERM or SIGINT drains:
+ * from replicas that refuse or time out, and reports stalled streams; with `--slo-ttft-ms`, a
+ * queued request that can no longer reach its first token within the SLO is answered 429. SIGTERM or SIGINT drains:
  * new requests get 503, in-flight ones finish (up to `--drain-timeout-ms`), then it exits 0.
  */
 import { InvalidArgumentError as CliArgError, type Command } from 'commander'
@@ -19,6 +20,7 @@ export interface GatewayCliOptions {
   drainTimeoutMs?: number
   headersTimeoutMs?: number
   connections?: number
+  sloTtftMs?: number
   scrapeIntervalMs: number
 }
 
@@ -48,6 +50,7 @@ export async function runGateway(o: GatewayCliOptions): Promise<number> {
       ...(o.drainTimeoutMs === undefined ? {} : { drainTimeoutMs: o.drainTimeoutMs }),
       ...(o.headersTimeoutMs === undefined ? {} : { headersTimeoutMs: o.headersTimeoutMs }),
       ...(o.connections === undefined ? {} : { connections: o.connections }),
+      ...(o.sloTtftMs === undefined ? {} : { slo: { ttftMs: o.sloTtftMs } }),
     })
   } catch (e) {
     await monitor?.close()
@@ -117,6 +120,11 @@ export function registerGateway(program: Command): Command {
       int('--headers-timeout-ms', 1),
     )
     .option('--connections <n>', 'keep-alive connections per upstream (default 128)', int('--connections', 1))
+    .option(
+      '--slo-ttft-ms <ms>',
+      'time-to-first-token SLO: a queued request that can no longer make it gets 429 + Retry-After',
+      int('--slo-ttft-ms', 1),
+    )
     .action(async (o) => {
       process.exitCode = await runGateway({
         upstreams: o.upstream,
@@ -128,6 +136,7 @@ export function registerGateway(program: Command): Command {
         drainTimeoutMs: o.drainTimeoutMs,
         headersTimeoutMs: o.headersTimeoutMs,
         connections: o.connections,
+        sloTtftMs: o.sloTtftMs,
       })
     })
 }

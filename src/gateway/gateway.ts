@@ -12,7 +12,12 @@ import { InvalidOptionError } from '../errors.js'
 import type { Checkpoint, MonitorEvent, TelemetryRecord } from '../telemetry/types.js'
 import { AdmissionController, type AdmissionOptions, AdmissionRejectedError } from './admission.js'
 import { type OutcomeKind, type PickerOptions, ReplicaPicker } from './picker.js'
-import type { Permit, Priority, Rejection, ReplicaView } from './types.js'
+import { QueueAwareCap } from './queue-cap.js'
+import { type ReplicaRequestStats, RequestHandle } from './request-handle.js'
+import { type SloOptions, TtftSlo, validateSlo } from './slo.js'
+import type { Permit, Priority, Rejection, RejectReason, ReplicaView } from './types.js'
+
+export { type ReplicaRequestStats, RequestHandle }
 
 export interface GatewayReplica {
   name: string
@@ -29,150 +34,29 @@ export interface GatewayOptions {
   push?: (record: TelemetryRecord) => void
   /** ms clock shared with the monitor (default performance.now()). */
   now?: () => number
-}
-
-/** Per-replica request statistics since the gateway started. */
-export interface ReplicaRequestStats {
-  requests: number
-  errors: number
-  stalls: number
-  rejected: number
-  /** Exponentially weighted means, ms; null before the first observation. */
-  ttftMs: number | null
-  interTokenMs: number | null
-  /** Completion tokens reported by the responses (`usage`), summed. */
-  completionTokens: number
-}
-
-/** A request in flight: report its progress, then exactly one of end / fail / abort. */
-export class RequestHandle {
-  readonly replica: string
-  readonly url: string
-  /** When the request was admitted (gateway clock, ms). */
-  readonly startedAt: number
-  private firstAt = Number.NaN
-  private firstChunkAt = Number.NaN
-  private lastAt = Number.NaN
-  private chunks = 0
-  private stalled = false
-  private done = false
-
-  constructor(
-    private readonly gw: Gateway,
-    readonly view: ReplicaView,
-    private readonly permit: Permit,
-  ) {
-    this.replica = view.name
-    this.url = view.url
-    this.startedAt = gw.now()
-  }
-
-  /** The first byte (or token) of the response arrived. */
-  firstByte(): void {
-    if (!Number.isNaN(this.firstAt)) return
-    const t = this.gw.now()
-    this.firstAt = t
-    this.lastAt = t
-  }
-
-  /** A streamed chunk arrived (an SSE event, a token). */
-  chunk(): void {
-    const t = this.gw.now()
-    if (this.chunks === 0) this.firstChunkAt = t
-    if (Number.isNaN(this.firstAt)) {
-      this.firstAt = t
-      this.lastAt = t
-      this.chunks++
-      return
-    }
-    const gap = t - this.lastAt
-    if (gap > this.gw.stallAfterMs && !this.stalled) {
-      this.stalled = true
-      this.gw.stall(this, gap)
-    }
-    this.lastAt = t
-    this.chunks++
-  }
-
-  /** @internal Reports a stall once when the stream has gone silent for longer than the bound. */
-  checkStall(): void {
-    if (this.done || this.stalled || this.chunks === 0) return
-    const gap = this.gw.now() - this.lastAt
-    if (gap > this.gw.stallAfterMs) {
-      this.stalled = true
-      this.gw.stall(this, gap)
-    }
-  }
-
-  /** ms since the last byte (or since admission before the first): for stall watchdogs. */
-  silentForMs(): number {
-    return this.gw.now() - (Number.isNaN(this.lastAt) ? this.startedAt : this.lastAt)
-  }
-
   /**
-   * The response ended. `status` is what the client got; a 5xx from the upstream counts against
-   * the replica's breaker, a 4xx (the client's error) does not.
+   * The time to first token promised to clients. With it a request that has to queue waits only
+   * while it can still make the SLO (the SLO minus the replica's expected time from admission to
+   * first byte), then gets 429 'queue-timeout' + Retry-After instead of a late admission.
    */
-  end(status: number, usage?: { promptTokens?: number | null; completionTokens?: number | null }): void {
-    if (this.done) return
-    this.done = true
-    const upstream5xx = status >= 500
-    if (upstream5xx) this.permit.dropped()
-    else this.permit.success()
-    this.gw.finish(
-      this,
-      status,
-      upstream5xx ? 'server-error' : status >= 400 ? 'client-error' : 'success',
-      null,
-      usage,
-    )
-  }
-
-  /** The upstream failed (refused, reset, timed out): a loss for the limiter, a failure for the breaker. */
-  fail(kind: Exclude<OutcomeKind, 'success' | 'client-error'>, error: string, status = 502): void {
-    if (this.done) return
-    this.done = true
-    this.permit.dropped()
-    this.gw.finish(this, status, kind, error, undefined)
-  }
-
-  /** The client went away before the end: says nothing about the replica. */
-  abort(): void {
-    if (this.done) return
-    this.done = true
-    this.permit.ignore()
-    this.gw.release(this)
-  }
-
-  get ended(): boolean {
-    return this.done
-  }
-
-  /** @internal Folds this request's TTFT and inter-token mean into its replica's statistics. */
-  foldInto(s: ReplicaRequestStats): void {
-    if (!Number.isNaN(this.firstAt)) {
-      const ttft = this.firstAt - this.startedAt
-      s.ttftMs = s.ttftMs === null ? ttft : s.ttftMs + EWMA * (ttft - s.ttftMs)
-    }
-    if (this.chunks > 1) {
-      const gap = (this.lastAt - this.firstChunkAt) / (this.chunks - 1)
-      s.interTokenMs = s.interTokenMs === null ? gap : s.interTokenMs + EWMA * (gap - s.interTokenMs)
-    }
-  }
+  slo?: SloOptions
 }
 
-const EWMA = 0.1
+/** Why the SLO timer aborted a queued request (never leaves the gateway). */
+const kSloDeadline = Symbol('vllm-monitor.gateway.sloDeadline')
 
 export class Gateway {
   readonly admission: AdmissionController
   readonly picker: ReplicaPicker
   readonly stallAfterMs: number
   readonly now: () => number
+  /** The TTFT SLO admission keeps to; null without one. */
+  readonly slo: TtftSlo | null
   private readonly push: ((r: TelemetryRecord) => void) | null
   private readonly views = new Map<string, ReplicaView>()
   private readonly stats = new Map<string, ReplicaRequestStats>()
   private readonly active = new Set<RequestHandle>()
-  private readonly autoCapped = new Set<string>()
+  private readonly queueCap: QueueAwareCap
 
   constructor(options: GatewayOptions) {
     if (!Array.isArray(options?.replicas) || options.replicas.length === 0)
@@ -188,6 +72,9 @@ export class Gateway {
     this.push = options.push ?? null
     this.admission = new AdmissionController({ ...options.admission, now: this.now })
     this.picker = new ReplicaPicker({ ...options.picker, now: this.now })
+    this.queueCap = new QueueAwareCap(this.admission, this.now)
+    const slo = validateSlo(options.slo, 'gateway')
+    this.slo = slo === null ? null : new TtftSlo(slo)
     for (const r of options.replicas) {
       this.views.set(r.name, {
         name: r.name,
@@ -237,7 +124,7 @@ export class Gateway {
       // Before the monitor's first look a replica is unknown, not down: keep routing to it.
       if (e.reading !== null) v.serving = e.lifecycleState === 'SERVING' || e.lifecycleState === 'DEGRADED'
       v.risk = risk.get(e.replica) ?? 0
-      this.followQueue(
+      this.queueCap.follow(
         e.replica,
         e.stale ? null : (e.reading?.requestsWaiting ?? null),
         e.reading?.requestsRunning ?? null,
@@ -247,32 +134,9 @@ export class Gateway {
   }
 
   /**
-   * Queue-aware admission: while vLLM reports requests waiting in its own queue, more admitted
-   * requests only wait there (their time to first token growing with every one), so the replica
-   * is capped at what it is running; the cap is lifted once its queue is empty. The adaptive
-   * limit reacts to latency, which an LLM request only shows after its whole generation: this
-   * reacts at the next scrape. A cap set by anything else (a mitigation) is left alone.
-   */
-  private followQueue(replica: string, waiting: number | null, running: number | null): void {
-    const st = this.admission.state(replica)
-    const mine = this.autoCapped.has(replica)
-    if (!mine && st.cap !== null) return
-    if (waiting !== null && waiting > 0 && running !== null && running > 0) {
-      const limit = Math.max(1, Math.min(st.adaptiveLimit, running))
-      if (!mine || st.cap !== limit) {
-        this.admission.cap(replica, limit, `vLLM queue: ${waiting} waiting`)
-        this.autoCapped.add(replica)
-      }
-    } else if (mine) {
-      this.admission.release(replica)
-      this.autoCapped.delete(replica)
-    }
-  }
-
-  /**
    * Picks a replica (not in `exclude`) and admits the request to it: at once when a slot is free,
-   * else after waiting in its queue. Rejects with an AdmissionRejectedError (429 or 503 with
-   * Retry-After) when it cannot.
+   * else after waiting in its queue (with an SLO, only while it can still make it). Rejects with
+   * an AdmissionRejectedError (429 or 503 with Retry-After) when it cannot.
    */
   async begin(
     priority: Priority = 0,
@@ -285,7 +149,10 @@ export class Gateway {
     const now = this.admission.tryAcquire(view.name, priority)
     if (now !== null) return this.started(view, now)
     try {
-      const permit = await this.admission.acquire(view.name, priority, signal)
+      const permit =
+        this.slo === null
+          ? await this.admission.acquire(view.name, priority, signal)
+          : await this.acquireWithinSlo(this.slo, view.name, priority, signal)
       return this.started(view, permit)
     } catch (err) {
       if (err instanceof AdmissionRejectedError) this.countRejected(view.name)
@@ -303,6 +170,61 @@ export class Gateway {
     const permit = this.admission.tryAcquire(view.name, priority)
     if (permit === null) return null
     return this.started(view, permit)
+  }
+
+  /** Queues for `replica` no longer than the request can wait and still make the SLO. */
+  private async acquireWithinSlo(
+    slo: TtftSlo,
+    replica: string,
+    priority: Priority,
+    signal: AbortSignal | undefined,
+  ): Promise<Permit> {
+    const budgetMs = slo.queueBudgetMs(replica)
+    if (budgetMs <= 0) throw new AdmissionRejectedError(this.sloRejection(slo, replica, 'overloaded', 0))
+    if (signal?.aborted) throw signal.reason
+    const ac = new AbortController()
+    const forward = () => ac.abort(signal?.reason)
+    signal?.addEventListener('abort', forward, { once: true })
+    const timer = setTimeout(() => ac.abort(kSloDeadline), budgetMs)
+    timer.unref()
+    const queuedAt = performance.now()
+    try {
+      const permit = await this.admission.acquire(replica, priority, ac.signal)
+      // A timer runs late on a busy loop: a slot granted past the deadline would admit it late.
+      if (performance.now() - queuedAt <= budgetMs) return permit
+      permit.ignore()
+    } catch (err) {
+      if (err !== kSloDeadline) throw err
+    } finally {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', forward)
+    }
+    throw new AdmissionRejectedError(
+      this.sloRejection(slo, replica, 'queue-timeout', performance.now() - queuedAt),
+    )
+  }
+
+  private sloRejection(slo: TtftSlo, replica: string, reason: RejectReason, waitedMs: number): Rejection {
+    const st = this.admission.state(replica)
+    // The admission controller's own estimate: the time for the queue ahead to drain.
+    const rate = st.completionsPerSec
+    const retryAfterS = rate > 0 ? Math.min(60, Math.max(1, Math.ceil((st.queued + 1) / rate))) : 1
+    const first = slo.expectedFirstByteMs(replica)
+    const firstText = first === null ? '' : `, first byte expected ${Math.round(first)} ms after admission`
+    return {
+      reason,
+      status: 429,
+      retryAfterS,
+      message:
+        reason === 'queue-timeout'
+          ? `request waited ${Math.round(waitedMs)} ms for replica ${replica} and can no longer make the ${slo.ttftMs} ms TTFT SLO${firstText}`
+          : `replica ${replica} cannot queue a request within the ${slo.ttftMs} ms TTFT SLO${firstText}`,
+    }
+  }
+
+  /** @internal A request to `replica` got its first byte `ms` after admission. */
+  firstByteAfter(replica: string, ms: number): void {
+    this.slo?.observe(replica, ms)
   }
 
   private started(view: ReplicaView, permit: Permit): RequestHandle {

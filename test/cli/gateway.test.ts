@@ -64,7 +64,7 @@ describe('vllm-monitor gateway', () => {
   it('serves a request through the gateway and exits 0 on SIGTERM', async () => {
     const sim = await startSim({ speed: 50 })
     await waitHealthy(sim.url)
-    const r = run(['--upstream', sim.url, '--port', '0'])
+    const r = run(['--upstream', sim.url, '--port', '0', '--slo-ttft-ms', '5000'])
     const url = await listening(r)
     expect(r.stdout()).toMatch(/^gateway listening on http:\/\/127\.0\.0\.1:\d+ -> 1 upstream\n$/)
     const a = await until(
@@ -122,5 +122,8 @@ describe('vllm-monitor gateway', () => {
     const b = run(['--upstream', 'http://127.0.0.1:8000', '--port', '70000'])
     expect(await b.exit).not.toBe(0)
     expect(b.stderr()).toContain('--port must be an integer in 0-65535')
+    const c = run(['--upstream', 'http://127.0.0.1:8000', '--port', '0', '--slo-ttft-ms', '0'])
+    expect(await c.exit).not.toBe(0)
+    expect(c.stderr()).toContain('--slo-ttft-ms must be an integer in 1-')
   })
 })

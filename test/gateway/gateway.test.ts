@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/errors.js'
 import { AdmissionRejectedError, Gateway, RequestHandle } from '../../src/gateway/gateway.js'
 import { createMonitor } from '../../src/monitor/monitor.js'
 import { nullDerived } from '../../src/telemetry/store.js'
@@ -81,23 +82,74 @@ describe('Gateway', () => {
     expect([...picks]).toEqual(['b'])
   })
 
-  it("caps a replica at what it runs while vLLM's own queue is not empty, and lifts the cap when it is", () => {
-    const gw = new Gateway({ replicas })
+  it("caps a replica at what it runs while vLLM's own queue is not empty, and raises the cap again step by step", () => {
+    const c = clock()
+    const gw = new Gateway({
+      replicas,
+      now: c.now,
+      admission: { initialLimit: 16, minLimit: 4, maxLimit: 64 },
+    })
     const withQueue = (waiting: number, running: number) => {
       const a = snapshot('a', { waiting })
       a.reading!.requestsRunning = running
-      return checkpoint([a, snapshot('b')])
+      c.advance(100)
+      gw.refresh(checkpoint([a, snapshot('b')]))
     }
-    gw.refresh(withQueue(7, 12))
+    withQueue(7, 12)
     expect(gw.admission.state('a')).toMatchObject({ cap: 12, capReason: 'vLLM queue: 7 waiting' })
     expect(gw.admission.state('b').cap).toBeNull()
-    gw.refresh(withQueue(0, 12))
+    // A queue seen in one scrape only is a passing one (a burst still being scheduled): the next
+    // empty scrape restores the limit in force before (here the adaptive one: the cap is lifted).
+    withQueue(0, 12)
     expect(gw.admission.state('a').cap).toBeNull()
-    // A cap someone else set (a mitigation) is theirs to lift.
+    // A queue in two scrapes in a row is real: an empty queue no longer lifts the cap at once
+    // (under overload that is often only the moment between a batch ending and the next requests
+    // arriving); it rises one request per second and is lifted at the adaptive limit.
+    withQueue(7, 12)
+    withQueue(3, 12)
+    withQueue(0, 12)
+    expect(gw.admission.state('a')).toMatchObject({ cap: 12 })
+    c.advance(900)
+    withQueue(0, 12)
+    expect(gw.admission.state('a')).toMatchObject({
+      cap: 13,
+      capReason: 'vLLM queue: empty, raising the cap',
+    })
+    withQueue(0, 13)
+    expect(gw.admission.state('a').cap).toBe(13)
+    // A queue right after that: back to what vLLM runs.
+    withQueue(2, 12)
+    expect(gw.admission.state('a').cap).toBe(12)
+    for (let i = 0; i < 4; i++) {
+      c.advance(1000)
+      withQueue(0, 12)
+    }
+    // 13, 14, 15, then the adaptive limit (16): lifted.
+    expect(gw.admission.state('a').cap).toBeNull()
+    // A cap someone else set (a mitigation) is theirs to lift, also over one the gateway set.
     gw.admission.cap('a', 3, 'ReduceBatchSize')
-    gw.refresh(withQueue(5, 12))
-    gw.refresh(withQueue(0, 12))
+    withQueue(5, 12)
+    withQueue(0, 12)
     expect(gw.admission.state('a')).toMatchObject({ cap: 3, capReason: 'ReduceBatchSize' })
+    gw.admission.release('a')
+    withQueue(5, 12)
+    gw.admission.cap('a', 2, 'ReduceBatchSize')
+    withQueue(0, 12)
+    withQueue(5, 12)
+    expect(gw.admission.state('a')).toMatchObject({ cap: 2, capReason: 'ReduceBatchSize' })
+  })
+
+  it('admits requests queued for a replica as soon as its raised cap lets them in', async () => {
+    const gw = new Gateway({ replicas: [replicas[0]!], admission: { initialLimit: 8, minLimit: 4 } })
+    gw.admission.cap('a', 1, 'test')
+    const first = gw.tryBegin() as RequestHandle
+    const queued = gw.begin()
+    expect(gw.admission.state('a').queued).toBe(1)
+    gw.admission.cap('a', 2, 'test')
+    const h = await queued
+    expect(h).toBeInstanceOf(RequestHandle)
+    first.end(200)
+    h.end(200)
   })
 
   it('does not route to a replica that is not serving, and answers 503 when none is', async () => {
@@ -215,5 +267,80 @@ describe('Gateway', () => {
     } finally {
       await m.close()
     }
+  })
+
+  it('refuses an SLO that is not { ttftMs: positive number }', () => {
+    expect(() => new Gateway({ replicas, slo: { ttftMs: 0 } })).toThrow(InvalidOptionError)
+    expect(() => new Gateway({ replicas, slo: { ttftMs: 0 } })).toThrow(
+      'gateway: slo.ttftMs must be a positive number of ms (got 0)',
+    )
+    expect(() => new Gateway({ replicas, slo: 2000 as never })).toThrow(
+      'gateway: slo must be an object like { ttftMs: 2000 }',
+    )
+    expect(new Gateway({ replicas, slo: { ttftMs: 1500 } }).slo?.ttftMs).toBe(1500)
+    expect(new Gateway({ replicas }).slo).toBeNull()
+  })
+
+  describe('with a TTFT SLO', () => {
+    const oneSlot = { initialLimit: 1, minLimit: 1, maxLimit: 1 }
+
+    it('answers 429 + Retry-After to a queued request once it can no longer make the SLO', async () => {
+      const gw = new Gateway({ replicas: [replicas[0]!], admission: oneSlot, slo: { ttftMs: 120 } })
+      const first = gw.tryBegin() as RequestHandle
+      const t0 = performance.now()
+      const err = await gw.begin().catch((e: unknown) => e)
+      const waited = performance.now() - t0
+      expect(err).toBeInstanceOf(AdmissionRejectedError)
+      expect((err as AdmissionRejectedError).rejection).toMatchObject({
+        reason: 'queue-timeout',
+        status: 429,
+      })
+      expect((err as AdmissionRejectedError).rejection.retryAfterS).toBeGreaterThanOrEqual(1)
+      expect((err as AdmissionRejectedError).message).toMatch(/can no longer make the 120 ms TTFT SLO/)
+      // Before any first byte was seen, a request may queue for half the SLO.
+      expect(waited).toBeGreaterThanOrEqual(55)
+      expect(waited).toBeLessThan(120)
+      expect(gw.admission.state('a').queued).toBe(0)
+      expect(gw.requestStats('a')!.rejected).toBe(1)
+      first.end(200)
+      expect(gw.inFlight()).toBe(0)
+    })
+
+    it("keeps the replica's expected time to first byte out of the queue budget", async () => {
+      const c = clock()
+      const gw = new Gateway({
+        replicas: [replicas[0]!],
+        admission: oneSlot,
+        slo: { ttftMs: 100 },
+        now: c.now,
+      })
+      const h = gw.tryBegin() as RequestHandle
+      c.advance(80)
+      h.firstByte()
+      h.end(200)
+      expect(gw.slo!.expectedFirstByteMs('a')).toBe(160)
+      const busy = gw.tryBegin() as RequestHandle
+      // 80 ms +- 40 leaves no time to queue within 100 ms: rejected at once.
+      await expect(gw.begin()).rejects.toMatchObject({
+        rejection: { reason: 'overloaded', status: 429 },
+        message: expect.stringMatching(/cannot queue a request within the 100 ms TTFT SLO/),
+      })
+      busy.end(200)
+    })
+
+    it('admits a queued request that gets a slot within its budget, and still honours its abort signal', async () => {
+      const gw = new Gateway({ replicas: [replicas[0]!], admission: oneSlot, slo: { ttftMs: 5000 } })
+      const first = gw.tryBegin() as RequestHandle
+      const queued = gw.begin()
+      first.end(200)
+      const h = await queued
+      expect(h).toBeInstanceOf(RequestHandle)
+      const ac = new AbortController()
+      const gone = gw.begin(0, ac.signal)
+      ac.abort(new Error('client left'))
+      await expect(gone).rejects.toThrow('client left')
+      expect(gw.admission.state('a').queued).toBe(0)
+      h.end(200)
+    })
   })
 })

@@ -362,6 +362,28 @@ describe('GatewayProxy: failures', () => {
     expect(p.gateway.admission.state('r0').queued).toBe(0)
   })
 
+  it('with a TTFT SLO, answers 429 + Retry-After to a queued request that could only be admitted late', async () => {
+    const f = await fake({ latencyMs: 400 })
+    const p = await proxy({
+      upstreams: [f.url],
+      port: 0,
+      admission: { initialLimit: 1, minLimit: 1, maxLimit: 1, maxQueue: 4 },
+      slo: { ttftMs: 100 },
+    })
+    expect(p.gateway.slo?.ttftMs).toBe(100)
+    const first = raw(`${p.url}/v1/completions`, { prompt: 'x', max_tokens: 1 })
+    await until('the first request to be admitted', () => p.gateway.inFlight() === 1)
+    const late = await raw(`${p.url}/v1/completions`, { prompt: 'y', max_tokens: 1 })
+    expect(late.status).toBe(429)
+    expect(Number(late.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+    const e = JSON.parse(late.body.toString()).error
+    expect(e).toMatchObject({ type: 'rate_limit_exceeded', code: 'queue-timeout' })
+    expect(e.message).toMatch(/can no longer make the 100 ms TTFT SLO/)
+    expect((await first).status).toBe(200)
+    await until('all to settle', () => p.inFlight === 0 && p.gateway.inFlight() === 0)
+    expect(f.received.length).toBe(1)
+  })
+
   it('releases a queued request whose client goes away', async () => {
     const f = await fake({ latencyMs: 300 })
     const p = await proxy({
@@ -476,6 +498,12 @@ describe('GatewayProxy: drain and lifecycle', () => {
     await expect(
       GatewayProxy.start({ gateway: gw, upstreams: [{ name: 'b', url: 'http://127.0.0.1:1' }], port: 0 }),
     ).rejects.toThrow('upstreams')
+    await expect(GatewayProxy.start({ gateway: gw, port: 0, slo: { ttftMs: 500 } })).rejects.toThrow(
+      'GatewayProxy: option "slo" must be set on the gateway passed in, not on the proxy',
+    )
+    await expect(
+      GatewayProxy.start({ upstreams: ['http://127.0.0.1:1'], port: 0, slo: { ttftMs: -1 } }),
+    ).rejects.toThrow('gateway: slo.ttftMs must be a positive number of ms (got -1)')
     const p = await proxy({ gateway: gw, port: 0 })
     expect(p.gateway).toBe(gw)
   })
