@@ -13,6 +13,10 @@
 // 3. On/off. Held-out seeds of every failure scenario with the monitor off, with the fixed runbook
 //    and with the trained learner (exploiting only): failures avoided or recovered, SLO-violating
 //    minutes, requests failed or lost, requests answered 429.
+// 4. Holdout. The same held-out runs with the learner and a randomized holdout of 30 %: decisions
+//    chosen and judged but not executed, the counterfactual the orchestrator measures by itself
+//    (0 by default in production). Reported: how the judge scored held-out decisions against the
+//    ones acted on.
 //
 //   node bench/mitigation.mjs [--quick] [--train-seeds 1-8] [--test-seeds 101-103] [--episodes 2000] [--json]
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -226,6 +230,32 @@ for (const name of ONOFF_SUITE) {
   }
 }
 const onoffWallS = (performance.now() - t3) / 1000
+
+// --- 4. holdout --------------------------------------------------------------------------------
+const HOLDOUT = 0.3
+const judged = {
+  acted: { n: 0, avoided: 0, recovered: 0, occurred: 0 },
+  holdout: { n: 0, avoided: 0, recovered: 0, occurred: 0 },
+}
+for (const name of LEARN_SUITE) {
+  for (const seed of testSeeds) {
+    const r = await runClosedLoop({
+      scenario: name,
+      seed,
+      mode: 'learner',
+      learner: trained,
+      holdout: HOLDOUT,
+    })
+    const type = SCENARIO_FAILURE_TYPE[name]
+    for (const a of r.actions) {
+      if (a.failureType !== type || a.judgement === null) continue
+      const side = a.holdout ? judged.holdout : judged.acted
+      side.n++
+      side[a.judgement.verdict]++
+    }
+  }
+}
+log(`holdout ${HOLDOUT}: acted ${JSON.stringify(judged.acted)}, held out ${JSON.stringify(judged.holdout)}`)
 await rm(dir, { recursive: true, force: true })
 
 const total = (mode, k) => table.filter((r) => r.mode === mode).reduce((a, r) => a + r[k], 0)
@@ -256,6 +286,7 @@ const result = {
     rules: learner.rules().map((r) => r.text),
   },
   onoff: { wallS: onoffWallS, summary, table },
+  holdout: { share: HOLDOUT, ...judged },
 }
 if (json) {
   process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
@@ -293,4 +324,13 @@ if (json) {
       `   ${mode.padEnd(8)} preventable failures avoided or recovered ${s.preventableSaved}/${s.preventable} (${pct(s.savedShare)}), SLO-violating minutes ${s.sloMinutes}, requests failed or lost ${s.failedOrLost}, 429s ${s.rejected429}`,
     )
   }
+  const h = result.holdout
+  const share = (x) => (x.n === 0 ? '-' : pct(x.avoided / x.n))
+  out(`\n4. holdout ${pct(h.share)} on the same held-out runs (the learner, its judge's own counterfactual)`)
+  out(
+    `   acted on:  ${h.acted.n} decisions, ${h.acted.avoided} avoided, ${h.acted.recovered} recovered, ${h.acted.occurred} occurred (${share(h.acted)} avoided)`,
+  )
+  out(
+    `   held out:  ${h.holdout.n} decisions, ${h.holdout.avoided} avoided, ${h.holdout.recovered} recovered, ${h.holdout.occurred} occurred (${share(h.holdout)} avoided)`,
+  )
 }

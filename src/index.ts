@@ -97,9 +97,9 @@ export {
   RequestHandle,
 } from './gateway/gateway.js'
 export { Gradient2Limit } from './gateway/gradient2.js'
-export type { SloOptions as GatewaySloOptions } from './gateway/slo.js'
 export { type OutcomeKind, type PickerOptions, ReplicaPicker } from './gateway/picker.js'
 export { GatewayProxy, type GatewayProxyOptions, type GatewayUpstream } from './gateway/proxy.js'
+export type { SloOptions as GatewaySloOptions } from './gateway/slo.js'
 export type {
   AdmissionActuator,
   Permit,

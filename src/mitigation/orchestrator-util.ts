@@ -7,15 +7,6 @@ import { FAILURE_TYPES } from '../forecast/spec.js'
 import type { OrchestratorOptions } from './orchestrator.js'
 import type { MitigationOutcome, MitigationResult } from './types.js'
 
-/** A small, seeded generator for the holdout draws (the learner has its own). */
-export function lcg(seed: number): () => number {
-  let s = (seed >>> 0) ^ 0x9e3779b9
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
-    return s / 4294967296
-  }
-}
-
 export function noop(): void {}
 
 /** The options a caller can get wrong, checked once: a NaN deadline would fail every action at once. */

@@ -16,11 +16,12 @@
 import { MitigationError } from '../errors.js'
 import { type FailureOnset, OnsetTracker } from '../forecast/onsets.js'
 import { SCORING, type SloOptions } from '../forecast/spec.js'
+import { createRng } from '../sim/random.js'
 import type { Checkpoint, FailureType, MonitorEvent, Prediction } from '../telemetry/types.js'
 import type { AuditEntry, AuditLog } from './audit.js'
 import { contextFeatures, failingNow, MemoryGrowth } from './context.js'
 import type { ContinuousLearner, Decision, LearnerFeatures } from './learner.js'
-import { capOf, lcg, messageOf, noop, queuedFor, sanitize, validateOptions } from './orchestrator-util.js'
+import { capOf, messageOf, noop, queuedFor, sanitize, validateOptions } from './orchestrator-util.js'
 import { type Judgement, OutcomeJudge } from './outcome.js'
 import type { SafetyGate } from './safety.js'
 import type {
@@ -151,7 +152,9 @@ export class MitigationOrchestrator {
       ...(options.judgeWindowMs === undefined ? {} : { windowMs: options.judgeWindowMs }),
     })
     this.tracker = new OnsetTracker({ slo: options.slo })
-    this.rand = lcg(options.seed ?? 1)
+    // Seeds that differ by one must not draw alike: the holdout is a randomized trial.
+    const rng = createRng(`${options.seed ?? 1}/holdout`)
+    this.rand = () => rng.next()
   }
 
   /** Recent actions, oldest first. */
