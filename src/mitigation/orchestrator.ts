@@ -20,6 +20,7 @@ import { createRng } from '../sim/random.js'
 import type { Checkpoint, FailureType, MonitorEvent, Prediction } from '../telemetry/types.js'
 import type { AuditEntry, AuditLog } from './audit.js'
 import { contextFeatures, failingNow, MemoryGrowth } from './context.js'
+import { contextKey } from './learner-context.js'
 import type { ContinuousLearner, Decision, LearnerFeatures } from './learner.js'
 import { capOf, messageOf, noop, queuedFor, sanitize, validateOptions } from './orchestrator-util.js'
 import { type Judgement, OutcomeJudge } from './outcome.js'
@@ -86,7 +87,8 @@ export interface ActionRecord {
   replica: string
   failureType: FailureType
   strategy: string
-  basis: Decision['basis']
+  /** `escalation`: the next step of an action in place that did not stop the failure. */
+  basis: Decision['basis'] | 'escalation'
   /** The learner's context bucket and the features it was built from. */
   context: string
   features: LearnerFeatures
@@ -109,6 +111,8 @@ interface Candidate {
   failureType: FailureType
   prediction: Prediction | null
   trigger: MitigationTrigger
+  /** Run this strategy, not the learner's choice: the escalation of one that was not enough. */
+  forced?: string
 }
 
 const MAX_RECORDS = 500
@@ -135,6 +139,8 @@ export class MitigationOrchestrator {
   private readonly running = new Map<string, Promise<void>>()
   /** Actions left in place (caps, weights) until their alarm has been quiet, by key. */
   private readonly inPlace = new Map<string, { record: ActionRecord; strategy: MitigationStrategy }>()
+  /** Ids of actions in place that were escalated already (each escalates once). */
+  private readonly escalated = new Set<string>()
   private readonly lastAlarmAt = new Map<string, number>()
   /** A refused action (cooldown, denial, rate limit) is not asked again for this key before then. */
   private readonly deferUntil = new Map<string, number>()
@@ -196,6 +202,7 @@ export class MitigationOrchestrator {
     for (const c of candidates) this.lastAlarmAt.set(`${c.replica}|${c.failureType}`, t)
     const atRisk = (replica: string, type: FailureType) =>
       t - (this.lastAlarmAt.get(`${replica}|${type}`) ?? Number.NEGATIVE_INFINITY) <= STILL_AT_RISK_MS
+    for (const on of onsets) this.escalate(on, cp)
     for (const j of this.judge.observe(cp, onsets, atRisk)) this.judged(j)
     this.rollbacks(t)
     for (const c of candidates) this.consider(c, cp)
@@ -300,11 +307,11 @@ export class MitigationOrchestrator {
     const key = `${c.replica}|${c.failureType}`
     // One response per replica and failure type at a time: running, in place, being judged, or
     // being rolled back (a rollback finishing after a new action would lift the new action's cap).
+    // An escalation is the exception: it follows an action in place that the failure got past.
     if (
       this.running.has(key) ||
       this.running.has(`${key}|rollback`) ||
-      this.inPlace.has(key) ||
-      this.judge.isOpen(c.replica, c.failureType)
+      (c.forced === undefined && (this.inPlace.has(key) || this.judge.isOpen(c.replica, c.failureType)))
     )
       return
     if ((this.deferUntil.get(key) ?? Number.NEGATIVE_INFINITY) > this.options.now()) return
@@ -325,7 +332,16 @@ export class MitigationOrchestrator {
     const t = o.now()
     const features = await this.features(cp, c)
     if (this.closed) return
-    const decision = o.learner.choose(c.failureType, features, o.candidates?.(c.failureType))
+    const decision: Decision | null =
+      c.forced === undefined
+        ? o.learner.choose(c.failureType, features, o.candidates?.(c.failureType))
+        : {
+            strategy: c.forced,
+            basis: 'runbook',
+            confidence: 1,
+            context: contextKey(c.failureType, features),
+            runbook: c.forced,
+          }
     const id = `m${t.toFixed(0)}-${++this.seq}`
     const base = { id, replica: c.replica, failureType: c.failureType }
     if (decision === null) {
@@ -339,7 +355,7 @@ export class MitigationOrchestrator {
       kind: 'decision',
       ...base,
       strategy: decision.strategy,
-      basis: decision.basis,
+      basis: c.forced === undefined ? decision.basis : 'escalation',
       confidence: decision.confidence,
       context: decision.context,
       runbook: decision.runbook,
@@ -352,7 +368,7 @@ export class MitigationOrchestrator {
       replica: c.replica,
       failureType: c.failureType,
       strategy: decision.strategy,
-      basis: decision.basis,
+      basis: c.forced === undefined ? decision.basis : 'escalation',
       context: decision.context,
       features,
       trigger: c.trigger,
@@ -385,6 +401,7 @@ export class MitigationOrchestrator {
       strategy: decision.strategy,
       disruptive: strategy.disruptive,
       reason: c.trigger.detail,
+      ...(c.forced === undefined ? {} : { escalation: true }),
     })
     if (!verdict.allowed) {
       this.release(decision)
@@ -465,7 +482,9 @@ export class MitigationOrchestrator {
       alreadyFailing,
     })
     this.pending.set(id, { record, decision, strategy })
-    if (strategy.rollback !== undefined) this.inPlace.set(key, { record, strategy })
+    // An escalation sits beside the action it escalated: each is rolled back on its own.
+    if (strategy.rollback !== undefined)
+      this.inPlace.set(c.forced === undefined ? key : `${key}|escalation`, { record, strategy })
   }
 
   private readonly pending = new Map<
@@ -581,8 +600,9 @@ export class MitigationOrchestrator {
     const quiet = this.options.rollbackQuietMs ?? 30_000
     for (const [key, { record, strategy }] of this.inPlace) {
       if (record.judgement === null) continue
-      const last = this.lastAlarmAt.get(key) ?? Number.NEGATIVE_INFINITY
-      if (t - last < quiet || this.running.has(key)) continue
+      const alarmKey = `${record.replica}|${record.failureType}`
+      const last = this.lastAlarmAt.get(alarmKey) ?? Number.NEGATIVE_INFINITY
+      if (t - last < quiet || this.running.has(alarmKey)) continue
       // Quiet because the cap holds the demand back at the gateway is not over: lifting it now
       // would let the queue flood the replica. Wait until the gateway holds nothing for it.
       if (queuedFor(this.options.actuators.admission, record.replica) > 0) continue
@@ -657,6 +677,37 @@ export class MitigationOrchestrator {
     const now = this.options.now()
     for (const [key, until] of this.deferUntil) if (until <= now) this.deferUntil.delete(key)
     this.memory.sweep(t)
+    const placed = new Set<string>()
+    for (const p of this.inPlace.values()) placed.add(p.record.id)
+    for (const id of this.escalated) if (!placed.has(id)) this.escalated.delete(id)
+  }
+
+  /**
+   * The failure started although an action for it is in place (a cap the storm got past): run
+   * the strategy that action names as its next step (ReduceBatchSize → RestartWithSmallerBatch),
+   * once per action, through the same safety gate.
+   */
+  private escalate(on: FailureOnset, cp: Checkpoint): void {
+    const placed = this.inPlace.get(`${on.replica}|${on.failureType}`)
+    const next = placed?.strategy.escalatesTo
+    if (placed === undefined || next === undefined || this.escalated.has(placed.record.id)) return
+    // Only to a strategy that is there and handles this failure (a cap used for heat does not
+    // escalate to a restart meant for a KV storm).
+    if (!this.options.learner.strategy(next)?.handles.includes(on.failureType)) return
+    this.escalated.add(placed.record.id)
+    this.consider(
+      {
+        replica: on.replica,
+        failureType: on.failureType,
+        prediction: null,
+        trigger: {
+          kind: 'event',
+          detail: `${on.failureType} started despite ${placed.record.strategy} (${on.detail}): escalating to ${next}`,
+        },
+        forced: next,
+      },
+      cp,
+    )
   }
 
   /**

@@ -28,6 +28,8 @@ export interface ApprovalRequest {
   strategy: string
   disruptive: boolean
   reason: string
+  /** See `SafetyRequest.escalation`. */
+  escalation?: boolean
 }
 
 export interface SafetyOptions {
@@ -84,6 +86,11 @@ export interface SafetyRequest {
   failureType: string
   strategy: string
   disruptive: boolean
+  /**
+   * The next step of an action in place that the failure got past: the (replica, failure type)
+   * cooldown, which keeps one strategy from following another on a hunch, does not apply to it.
+   */
+  escalation?: boolean
 }
 
 export interface ActiveAction {
@@ -327,7 +334,8 @@ export class SafetyGate {
   /** The later-ending of the two cooldowns in force, as a denial; null when neither is. */
   #cooldown(req: SafetyRequest, now: number): Verdict | null {
     const byStrategy = until(this.#strategyCooldownUntil, `${req.replica}\0${req.strategy}`, now)
-    const byFailure = until(this.#failureCooldownUntil, `${req.replica}\0${req.failureType}`, now)
+    const byFailure =
+      req.escalation === true ? null : until(this.#failureCooldownUntil, `${req.replica}\0${req.failureType}`, now)
     if (byStrategy === null && byFailure === null) return null
     if (byFailure === null || (byStrategy !== null && byStrategy >= byFailure)) {
       const wait = byStrategy! - now

@@ -135,6 +135,11 @@ export interface MitigationStrategy {
   readonly handles: readonly FailureType[]
   /** Interrupts requests (restart, drain): at most one at a time per replica, fleet-wide bounds apply. */
   readonly disruptive: boolean
+  /**
+   * The strategy to run next when this one is in place and the failure starts anyway (a cap the
+   * storm got past → a restart with a smaller batch). The orchestrator escalates once per action.
+   */
+  readonly escalatesTo?: string
   execute(ctx: MitigationContext): Promise<MitigationResult>
   /** Undoes what execute did (caps, weights) once the risk has passed or the action is judged. */
   rollback?(ctx: MitigationContext): Promise<void>

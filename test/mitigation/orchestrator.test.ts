@@ -585,3 +585,34 @@ describe('the learner context the orchestrator builds', () => {
     expect(calls).toEqual(['SKIPPED'])
   })
 })
+
+describe('escalation', () => {
+  it('runs the next step once when the failure starts under an action in place, and rolls each back on its own', async () => {
+    const cap = new Recorder('ReduceBatchSize', ['kv-exhaustion'])
+    Object.assign(cap, { escalatesTo: 'RestartWithSmallerBatch' })
+    const restart = new Recorder('RestartWithSmallerBatch', ['kv-exhaustion'], true)
+    const s = setup({ judgeWindowMs: { 'kv-exhaustion': 20_000 } }, cap)
+    s.learner.registerStrategy(restart.name, restart)
+    let preemptions = 0
+    const cp = (t: number) => {
+      // The storm gets past the cap at 6 s: preemptions climb at a full KV cache.
+      if (t >= 6000 && t <= 9000) preemptions += 5
+      return checkpoint(t, [
+        engine('r0', { kvCacheUsage: 0.97, preemptionsTotal: preemptions }),
+        engine('r1'),
+      ])
+    }
+    await run(s, 12_000, (t) => (t <= 9000 ? [alarm('kv-exhaustion')] : []), cp)
+    expect(cap.calls).toHaveLength(1)
+    expect(restart.calls).toHaveLength(1)
+    expect(restart.calls[0]?.trigger.detail).toMatch(
+      /started despite ReduceBatchSize .*escalating to RestartWithSmallerBatch/,
+    )
+    const escalation = s.orch.actions().find((a) => a.strategy === 'RestartWithSmallerBatch')
+    expect(escalation?.basis).toBe('escalation')
+    // Both judged, the alarm quiet: both rolled back.
+    await run(s, 80_000)
+    expect(cap.rollbacks).toEqual(['r0'])
+    expect(restart.rollbacks).toEqual(['r0'])
+  })
+})

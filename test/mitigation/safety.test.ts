@@ -42,6 +42,27 @@ describe('SafetyGate', () => {
       })
     })
 
+    it('lets an escalation follow the action it escalates past the failure-type cooldown, not past its own', async () => {
+      const { g, clock } = gate()
+      const cap = req('r0', 'cap-admission')
+      await g.admit(cap)
+      g.finish(cap.id)
+      clock.ms += 5_000
+      expect(await g.admit(req('r0', 'restart-smaller', { disruptive: true }))).toMatchObject({
+        allowed: false,
+        reason: 'cooldown',
+      })
+      const next = req('r0', 'restart-smaller', { disruptive: true, escalation: true })
+      expect(await g.admit(next)).toEqual(allowed)
+      g.finish(next.id)
+      expect(
+        await g.admit(req('r0', 'restart-smaller', { disruptive: true, escalation: true })),
+      ).toMatchObject({
+        allowed: false,
+        reason: 'cooldown',
+      })
+    })
+
     it('refuses a disruptive action while a non-disruptive one runs there', async () => {
       const { g } = gate()
       await g.admit(req('r0', 'cap-admission'))

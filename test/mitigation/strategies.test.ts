@@ -516,7 +516,7 @@ describe('RestartWithSmallerBatch', () => {
     const { sup, calls } = recordingSupervisor({ maxNumSeqs: 128 })
     const r = await new RestartWithSmallerBatch().execute(context({ actuators: { supervisor: () => sup } }))
     expect(r.outcome).toBe('SKIPPED')
-    expect(r.detail).toBe('r0 was not capped by ReduceBatchSize in the last 120000 ms: cap it first')
+    expect(r.detail).toBe('r0 was not capped by ReduceBatchSize in the last 600000 ms: cap it first')
     expect(calls).toEqual([])
   })
 

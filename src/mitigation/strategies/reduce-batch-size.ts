@@ -57,6 +57,8 @@ export class ReduceBatchSize implements MitigationStrategy {
   readonly name = kName
   readonly handles: readonly FailureType[]
   readonly disruptive = false
+  /** When the failure starts under the cap anyway, a cap was not enough: restart with a smaller batch. */
+  readonly escalatesTo = 'RestartWithSmallerBatch'
   readonly factor: number
   readonly targetKvUsage: number
   readonly minCap: number

@@ -13,7 +13,7 @@ export interface RestartWithSmallerBatchOptions {
   factor?: number
   /** The lowest `--max-num-seqs` it restarts with (default 1). */
   minMaxNumSeqs?: number
-  /** Escalate only when ReduceBatchSize capped the replica at most this long ago (default 120 000 ms). */
+  /** Escalate only when ReduceBatchSize capped the replica at most this long ago (default 600 000 ms). */
   escalateAfterMs?: number
   /** Without a recent cap in the ledger, answer SKIPPED instead of restarting (default true). */
   requirePriorCap?: boolean
@@ -45,7 +45,8 @@ export class RestartWithSmallerBatch implements MitigationStrategy {
     const o = new OptionReader(kName, options)
     this.factor = o.fraction('factor', 0.5)
     this.minMaxNumSeqs = o.positiveInt('minMaxNumSeqs', 1)
-    this.escalateAfterMs = o.nonNegative('escalateAfterMs', 120_000)
+    // Long enough to cover the judge's stretched window (up to 3 × 120 s) while the cap stays in place.
+    this.escalateAfterMs = o.nonNegative('escalateAfterMs', 600_000)
     this.requirePriorCap = o.boolean('requirePriorCap', true)
     this.drainTimeoutMs = o.nonNegative('drainTimeoutMs', 30_000)
     this.restoreAfterRestart = o.boolean('restoreAfterRestart', true)
