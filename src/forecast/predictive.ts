@@ -17,7 +17,7 @@
  */
 import { fileURLToPath } from 'node:url'
 import type { TelemetryStore } from '../telemetry/store.js'
-import type { Checkpoint, FailureType, Prediction } from '../telemetry/types.js'
+import type { Checkpoint, FailureType, LifecycleState, Prediction } from '../telemetry/types.js'
 import { type BaselineName, Baselines } from './baselines.js'
 import {
   DEFAULT_DETECTORS,
@@ -149,6 +149,9 @@ export class PredictiveDetector {
   private fallbackTicks = 0
   private closed = false
   private online: OnlineTrainer | null = null
+  /** `name-vN` of `labelMeta`, the model field of every prediction: formatted once per model. */
+  private label = ''
+  private labelMeta: ModelMeta | null = null
   readonly ready: Promise<void>
 
   constructor(store: TelemetryStore, options: PredictiveDetectorOptions = {}) {
@@ -308,7 +311,7 @@ export class PredictiveDetector {
     for (const target of targets) {
       hardwareFeatures(cp, target, this.hw, 0, this.ecc)
       networkFeatures(cp, target, this.net, 0)
-      out.push(...detectorPredictions(det, target, this.hw, this.net))
+      for (const p of detectorPredictions(det, target, this.hw, this.net)) out.push(p)
     }
     if (targets.length === 0) return out
     const x = new Float32Array(targets.length * F)
@@ -316,7 +319,7 @@ export class PredictiveDetector {
       // One replica per turn of the event loop: a host's requests wait for one replica's features,
       // never for the whole fleet's.
       if (i > 0) await yieldTurn()
-      const state = cp.engines.find((e) => e.replica === targets[i]!.replica)?.lifecycleState ?? 'SERVING'
+      const state = lifecycleOf(cp, targets[i]!.replica)
       this.extractor.extract(cp.t, targets[i]!, state, x, i * F)
     }
     // What the evidence lines and the online trainer need survives the transfer of `x`.
@@ -347,7 +350,7 @@ export class PredictiveDetector {
         const probs = await pool.predict(x, targets.length)
         this.failuresInARow = 0
         this.suspensions = 0
-        out.push(...this.fromProbs(targets, probs, kept, this.online !== null ? F : EVIDENCE_WIDTH, meta))
+        this.fromProbs(targets, probs, kept, this.online !== null ? F : EVIDENCE_WIDTH, meta, out)
         return out
       } catch (err) {
         if (this.closed) return this.fallbackPredictions(cp, targets, out)
@@ -384,33 +387,42 @@ export class PredictiveDetector {
     return out
   }
 
+  /**
+   * Appends the model's predictions to `out`. Runs every tick on the main thread: the head indices
+   * and horizons per type are precomputed (TYPE_HEADS), the model label is cached per meta, and
+   * each replica's evidence lines are formatted once (the KV line kv-exhaustion and queue-overflow
+   * share is one string); what is left to allocate is the predictions, their evidence arrays and
+   * strings, which the caller keeps.
+   */
   private fromProbs(
     targets: ForecastTarget[],
     probs: Float32Array,
     kept: Float32Array,
     width: number,
     meta: ModelMeta,
-  ): Prediction[] {
-    const out: Prediction[] = []
-    const model = `${meta.name}-v${meta.version}`
+    out: Prediction[],
+  ): void {
+    if (this.labelMeta !== meta) {
+      this.labelMeta = meta
+      this.label = `${meta.name}-v${meta.version}`
+    }
+    const model = this.label
+    const full = width === F
     for (let i = 0; i < targets.length; i++) {
       const target = targets[i]!
       const tgt = { replica: target.replica, gpu: target.gpus[0] ?? null }
-      const ev = (k: number) => kept[i * width + k]!
-      for (const type of [
-        'kv-exhaustion',
-        'oom',
-        'slo-violation',
-        'thermal-throttle',
-        'queue-overflow',
-      ] as FailureType[]) {
-        const heads: number[] = []
-        for (let k = 0; k < NO; k++) if (MODEL_OUTPUTS[k]!.failureType === type) heads.push(k)
-        const hs = heads.map((k) => MODEL_OUTPUTS[k]!.horizonS)
-        const ps = heads.map((k) => probs[i * NO + k]!)
-        const ttf = heads.length > 1 ? timeToFailureS(hs, ps) : null
-        const evidence = evidenceFor(type, ev, width === F)
-        for (let j = 0; j < heads.length; j++) {
+      const ev = evidenceLines(kept, i * width, full)
+      for (let t = 0; t < MODEL_TYPES.length; t++) {
+        const heads = TYPE_HEADS[t]!
+        const n = heads.length
+        if (n === 0) continue
+        const type = MODEL_TYPES[t]!
+        const hs = TYPE_HORIZONS[t]!
+        const ps = TYPE_PROBS[t]!
+        for (let j = 0; j < n; j++) ps[j] = probs[i * NO + heads[j]!]!
+        const ttf = n > 1 ? timeToFailureS(hs, ps) : null
+        const evidence = evidenceFor(type, ev)
+        for (let j = 0; j < n; j++) {
           out.push({
             failureType: type,
             probability: round3(ps[j]!),
@@ -423,7 +435,6 @@ export class PredictiveDetector {
         }
       }
     }
-    return out
   }
 
   /**
@@ -527,6 +538,35 @@ const EVIDENCE_IDX = [
   I_QDRAIN,
 ]
 const EVIDENCE_WIDTH = EVIDENCE_IDX.length
+// Positions in EVIDENCE_IDX (and so in a kept row) of what each evidence line quotes.
+const E_KV = 0
+const E_KV_D30 = 1
+const E_WAIT = 2
+const E_WAIT_D30 = 3
+const E_PRE = 4
+const E_MEM = 5
+const E_MEM_D30 = 6
+const E_TEMP = 7
+const E_TEMP_D60 = 8
+const E_TTFT = 9
+const E_QDRAIN = 10
+
+/** The failure types the model forecasts, in the order their predictions come out. */
+const MODEL_TYPES: readonly FailureType[] = [
+  'kv-exhaustion',
+  'oom',
+  'slo-violation',
+  'thermal-throttle',
+  'queue-overflow',
+]
+/** Per MODEL_TYPES entry: its heads (indices into MODEL_OUTPUTS), their horizons, a scratch for their probabilities. */
+const TYPE_HEADS: readonly (readonly number[])[] = MODEL_TYPES.map((type) =>
+  MODEL_OUTPUTS.flatMap((o, k) => (o.failureType === type ? [k] : [])),
+)
+const TYPE_HORIZONS: readonly (readonly number[])[] = TYPE_HEADS.map((h) =>
+  h.map((k) => MODEL_OUTPUTS[k]!.horizonS),
+)
+const TYPE_PROBS: number[][] = TYPE_HEADS.map((h) => h.map(() => 0.5))
 
 function keepEvidence(x: Float32Array, rows: number): Float32Array {
   const out = new Float32Array(rows * EVIDENCE_WIDTH)
@@ -535,30 +575,69 @@ function keepEvidence(x: Float32Array, rows: number): Float32Array {
   return out
 }
 
-function evidenceFor(type: FailureType, ev: (k: number) => number, full: boolean): string[] {
-  const at = (featureIdx: number) => ev(full ? featureIdx : EVIDENCE_IDX.indexOf(featureIdx))
-  const pct = (v: number) => `${(v * 100).toFixed(0)}%`
-  const signed = (v: number, d = 1) => `${v >= 0 ? '+' : ''}${v.toFixed(d)}`
+/**
+ * One replica's evidence lines, formatted once per tick from its kept row (at `base`, a full
+ * feature row when `full`, else an EVIDENCE_IDX row): the KV line serves kv-exhaustion and
+ * queue-overflow alike.
+ */
+interface EvidenceLines {
+  kv: string
+  kvWaiting: string
+  oom: string
+  thermal: string
+  slo: string
+  queue: string
+}
+
+function evidenceLines(kept: Float32Array, base: number, full: boolean): EvidenceLines {
+  const kv = keptAt(kept, base, full, E_KV)
+  const kvD30 = keptAt(kept, base, full, E_KV_D30)
+  const wait = keptAt(kept, base, full, E_WAIT)
+  const kvLine = `KV cache ${pct(kv)} (${signed(kvD30 * 100, 1)} pts in 30 s)`
+  const waiting = Math.round(Math.expm1(wait))
+  return {
+    kv: kvLine,
+    kvWaiting: `${waiting} waiting, ${Math.expm1(keptAt(kept, base, full, E_PRE)).toFixed(1)} preemptions/s`,
+    oom: `GPU memory ${pct(keptAt(kept, base, full, E_MEM))} of total (${signed(keptAt(kept, base, full, E_MEM_D30) * 100, 2)} pts in 30 s)`,
+    thermal: `GPU at ${(keptAt(kept, base, full, E_TEMP) * 100).toFixed(0)} °C (${signed(keptAt(kept, base, full, E_TEMP_D60) * 100, 1)} °C in 60 s)`,
+    slo: `TTFT p99 ${(Math.expm1(keptAt(kept, base, full, E_TTFT)) * 100).toFixed(0)} ms`,
+    queue: `${waiting} waiting (${signedInt(Math.expm1(wait) - Math.expm1(wait - keptAt(kept, base, full, E_WAIT_D30)))} in 30 s), drain ${(keptAt(kept, base, full, E_QDRAIN) * 30).toFixed(0)} s`,
+  }
+}
+
+/** The replica's lifecycle state in the checkpoint (SERVING when absent), without a closure per call. */
+function lifecycleOf(cp: Checkpoint, replica: string): LifecycleState {
+  for (const e of cp.engines) if (e.replica === replica) return e.lifecycleState
+  return 'SERVING'
+}
+
+function keptAt(kept: Float32Array, base: number, full: boolean, j: number): number {
+  return kept[base + (full ? EVIDENCE_IDX[j]! : j)]!
+}
+
+function evidenceFor(type: FailureType, ev: EvidenceLines): string[] {
   switch (type) {
     case 'kv-exhaustion':
-      return [
-        `KV cache ${pct(at(I_KV))} (${signed(at(I_KV_D30) * 100)} pts in 30 s)`,
-        `${Math.round(Math.expm1(at(I_WAIT)))} waiting, ${Math.expm1(at(I_PRE)).toFixed(1)} preemptions/s`,
-      ]
+      return [ev.kv, ev.kvWaiting]
     case 'oom':
-      return [`GPU memory ${pct(at(I_MEM))} of total (${signed(at(I_MEM_D30) * 100, 2)} pts in 30 s)`]
+      return [ev.oom]
     case 'thermal-throttle':
-      return [`GPU at ${(at(I_TEMP) * 100).toFixed(0)} °C (${signed(at(I_TEMP_D60) * 100)} °C in 60 s)`]
+      return [ev.thermal]
     case 'slo-violation':
-      return [`TTFT p99 ${(Math.expm1(at(I_TTFT)) * 100).toFixed(0)} ms`]
+      return [ev.slo]
     case 'queue-overflow':
-      return [
-        `${Math.round(Math.expm1(at(I_WAIT)))} waiting (${signedInt(Math.expm1(at(I_WAIT)) - Math.expm1(at(I_WAIT) - at(I_WAIT_D30)))} in 30 s), drain ${(at(I_QDRAIN) * 30).toFixed(0)} s`,
-        `KV cache ${pct(at(I_KV))} (${signed(at(I_KV_D30) * 100)} pts in 30 s)`,
-      ]
+      return [ev.queue, ev.kv]
     default:
       return []
   }
+}
+
+function pct(v: number): string {
+  return `${(v * 100).toFixed(0)}%`
+}
+
+function signed(v: number, d: number): string {
+  return `${v >= 0 ? '+' : ''}${v.toFixed(d)}`
 }
 
 function signedInt(v: number): string {
