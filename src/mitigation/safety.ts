@@ -335,7 +335,9 @@ export class SafetyGate {
   #cooldown(req: SafetyRequest, now: number): Verdict | null {
     const byStrategy = until(this.#strategyCooldownUntil, `${req.replica}\0${req.strategy}`, now)
     const byFailure =
-      req.escalation === true ? null : until(this.#failureCooldownUntil, `${req.replica}\0${req.failureType}`, now)
+      req.escalation === true
+        ? null
+        : until(this.#failureCooldownUntil, `${req.replica}\0${req.failureType}`, now)
     if (byStrategy === null && byFailure === null) return null
     if (byFailure === null || (byStrategy !== null && byStrategy >= byFailure)) {
       const wait = byStrategy! - now
