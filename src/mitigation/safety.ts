@@ -137,6 +137,8 @@ function bool(name: string, v: unknown): boolean {
   return v
 }
 
+/** How often finishing an action also sweeps what has expired. */
+const kPruneEveryMs = 600_000
 const seconds = (ms: number) => `${Math.ceil(ms / 1000)} s`
 
 function deny(reason: DenialReason, detail: string, retryAfterMs: number | null = null): Verdict {
@@ -196,6 +198,7 @@ export class SafetyGate {
   readonly #failureCooldownUntil = new Map<string, number>()
   readonly #fleet = new Window()
   readonly #perReplica = new Map<string, Window>()
+  #lastPruneAt = Number.NEGATIVE_INFINITY
 
   constructor(options: SafetyOptions = {}) {
     if (options === null || typeof options !== 'object')
@@ -223,12 +226,12 @@ export class SafetyGate {
     this.#now = o.now ?? Date.now
   }
 
-  /** The synchronous checks (no approval): may this action start now? Reserves nothing. */
   /** Decide and log only: every verdict says `dryRun`, and reflexes must not act either. */
   get dryRun(): boolean {
     return this.#dryRun
   }
 
+  /** The synchronous checks (no approval): may this action start now? Reserves nothing. */
   check(req: SafetyRequest): Verdict {
     checkRequest(req, 'SafetyGate.check')
     if (this.#dryRun) return { allowed: true, dryRun: true }
@@ -282,6 +285,23 @@ export class SafetyGate {
       `${action.replica}\0${action.failureType}`,
       now + this.#failureTypeCooldownMs,
     )
+    if (now - this.#lastPruneAt >= kPruneEveryMs) this.#prune(now)
+  }
+
+  /**
+   * Forgets cooldowns that have ended and hourly windows that are empty: replicas come and go
+   * (a rolling deployment renames them all), and a gate that runs for months must not keep them.
+   */
+  #prune(now: number): void {
+    this.#lastPruneAt = now
+    for (const m of [this.#strategyCooldownUntil, this.#failureCooldownUntil])
+      for (const [k, until] of m) if (until <= now) m.delete(k)
+    for (const [replica, w] of this.#perReplica) if (w.count(now) === 0) this.#perReplica.delete(replica)
+  }
+
+  /** Entries held for cooldowns and per-replica windows (for tests and diagnostics). */
+  get trackedKeys(): number {
+    return this.#strategyCooldownUntil.size + this.#failureCooldownUntil.size + this.#perReplica.size
   }
 
   /** Actions admitted and not yet finished, those awaiting approval included, oldest first. */

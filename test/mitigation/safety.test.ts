@@ -348,3 +348,18 @@ describe('SafetyGate', () => {
 })
 
 const kHour = 3_600_000
+
+describe('SafetyGate over months', () => {
+  it('forgets the cooldowns and hourly windows of replicas that have left', async () => {
+    const { g, clock } = gate({ maxActionsPerHour: 10_000 })
+    // A rolling deployment: a new replica every ten minutes for a week, one action each.
+    for (let i = 0; i < 1008; i++) {
+      const r = req(`pod-${i}`, 'cap-admission')
+      expect(await g.admit(r)).toEqual(allowed)
+      g.finish(r.id)
+      clock.ms += 600_000
+    }
+    // What is left is the last hour's: a handful of replicas, not a week's worth.
+    expect(g.trackedKeys).toBeLessThan(30)
+  })
+})
