@@ -116,6 +116,8 @@ interface Candidate {
 }
 
 const MAX_RECORDS = 500
+/** Rolling back at close must not hold the host's shutdown for long. */
+const CLOSE_ROLLBACK_MS = 5_000
 /** An alarm this recent means the failure is still predicted. */
 const STILL_AT_RISK_MS = 5_000
 /** How long a refusal without a retry time (denied, busy, bound reached) holds a key back. */
@@ -139,6 +141,8 @@ export class MitigationOrchestrator {
   private readonly running = new Map<string, Promise<void>>()
   /** Actions left in place (caps, weights) until their alarm has been quiet, by key. */
   private readonly inPlace = new Map<string, { record: ActionRecord; strategy: MitigationStrategy }>()
+  /** Replicas capped by the native reflex and not yet by a strategy: replica → when. */
+  private readonly reflexCaps = new Map<string, number>()
   /** Ids of actions in place that were escalated already (each escalates once). */
   private readonly escalated = new Set<string>()
   private readonly lastAlarmAt = new Map<string, number>()
@@ -228,7 +232,11 @@ export class MitigationOrchestrator {
         // A repeated alert must not loosen a tighter cap already held (the considered response's).
         const held = capOf(admission, replica)
         if (held !== null && held <= limit) limit = held
-        else admission.cap(replica, limit, 'native memory watch')
+        else {
+          admission.cap(replica, limit, 'native memory watch')
+          // Until a strategy takes the cap over, it is the reflex's to lift (see rollbacks()).
+          if (!this.inPlace.has(`${replica}|oom`)) this.reflexCaps.set(replica, this.options.now())
+        }
       } catch (err) {
         this.options.reportError(
           'VLLM_MONITOR_MITIGATION_FAILED',
@@ -259,16 +267,73 @@ export class MitigationOrchestrator {
     return limit
   }
 
-  /** Stops acting, judges nothing further, waits for running actions, saves the learner. */
+  /**
+   * Stops acting, judges nothing further, waits for running actions, lifts what is still in place
+   * (nobody would be left to lift a cap of 1 on a gateway that goes on serving), saves the learner.
+   */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
     this.controller.abort()
     await this.settle()
+    await this.liftAll()
     await this.saving
     await this.options.learner.save().catch((err: unknown) => {
       this.options.reportError('VLLM_MONITOR_LEARNER_STATE', `saving the learner failed: ${messageOf(err)}`)
     })
+  }
+
+  /** On close: the reflex's caps released, every action in place rolled back (bounded). */
+  private async liftAll(): Promise<void> {
+    const admission = this.options.actuators.admission
+    for (const replica of this.reflexCaps.keys()) {
+      try {
+        admission?.release(replica)
+      } catch (err) {
+        this.options.reportError(
+          'VLLM_MONITOR_MITIGATION_FAILED',
+          `lifting the reflex cap on ${replica}: ${messageOf(err)}`,
+        )
+      }
+    }
+    this.reflexCaps.clear()
+    const timeoutMs = Math.min(this.options.actionTimeoutMs ?? 60_000, CLOSE_ROLLBACK_MS)
+    const placed = [...this.inPlace.values()]
+    this.inPlace.clear()
+    await Promise.all(
+      placed.map(async ({ record, strategy }) => {
+        const ctx = this.context(
+          {
+            replica: record.replica,
+            failureType: record.failureType,
+            prediction: null,
+            trigger: record.trigger,
+          },
+          this.lastCp,
+        )
+        try {
+          const done = await this.bounded(timeoutMs, (signal) =>
+            Promise.resolve().then(() => strategy.rollback?.({ ...ctx, signal })),
+          )
+          if (done === null) throw new MitigationError(`it did not finish within ${timeoutMs} ms`)
+          record.rolledBack = true
+          this.writeAudit({
+            t: this.options.now(),
+            kind: 'rollback',
+            id: record.id,
+            replica: record.replica,
+            failureType: record.failureType,
+            strategy: record.strategy,
+            detail: 'monitor closing',
+          })
+        } catch (err) {
+          this.options.reportError(
+            'VLLM_MONITOR_MITIGATION_FAILED',
+            `rolling back ${record.strategy} on ${record.replica} at close failed: ${messageOf(err)}`,
+          )
+        }
+      }),
+    )
   }
 
   private candidates(predictions: readonly Prediction[], alarms: readonly Prediction[]): Candidate[] {
@@ -483,8 +548,11 @@ export class MitigationOrchestrator {
     })
     this.pending.set(id, { record, decision, strategy })
     // An escalation sits beside the action it escalated: each is rolled back on its own.
-    if (strategy.rollback !== undefined)
+    if (strategy.rollback !== undefined) {
       this.inPlace.set(c.forced === undefined ? key : `${key}|escalation`, { record, strategy })
+      // A strategy now holds the replica's admission for this OOM: its rollback lifts the cap.
+      if (c.failureType === 'oom') this.reflexCaps.delete(c.replica)
+    }
   }
 
   private readonly pending = new Map<
@@ -598,6 +666,33 @@ export class MitigationOrchestrator {
   /** Undoes actions left in place once their alarm has been quiet long enough (and they were judged). */
   private rollbacks(t: number): void {
     const quiet = this.options.rollbackQuietMs ?? 30_000
+    const admission = this.options.actuators.admission
+    for (const [replica, at] of this.reflexCaps) {
+      // The reflex's own cap, when no strategy took it over (refused, dry run, nothing to choose):
+      // lifted once the OOM alarm has been quiet and the gateway holds nothing back for it.
+      const key = `${replica}|oom`
+      if (this.inPlace.has(key) || this.running.has(key)) continue
+      const last = Math.max(at, this.lastAlarmAt.get(key) ?? Number.NEGATIVE_INFINITY)
+      if (t - last < quiet || queuedFor(admission, replica) > 0) continue
+      this.reflexCaps.delete(replica)
+      try {
+        admission?.release(replica)
+        this.writeAudit({
+          t: this.options.now(),
+          kind: 'rollback',
+          id: `native-${replica}-${Math.round(at)}`,
+          replica,
+          failureType: 'oom',
+          strategy: 'native-reflex',
+          detail: `no OOM alarm for ${Math.round((t - last) / 1000)} s`,
+        })
+      } catch (err) {
+        this.options.reportError(
+          'VLLM_MONITOR_MITIGATION_FAILED',
+          `lifting the reflex cap on ${replica}: ${messageOf(err)}`,
+        )
+      }
+    }
     for (const [key, { record, strategy }] of this.inPlace) {
       if (record.judgement === null) continue
       const alarmKey = `${record.replica}|${record.failureType}`

@@ -616,3 +616,35 @@ describe('escalation', () => {
     expect(restart.rollbacks).toEqual(['r0'])
   })
 })
+
+describe('leaving no lever pulled', () => {
+  it('lifts the native reflex cap once the OOM alarm is quiet when no strategy took it over', async () => {
+    const admission = new AdmissionController()
+    const clock = { t: 0 }
+    const s = setup({
+      actuators: actuators({ admission }),
+      // Every considered response is refused: the reflex's cap is nobody else's to lift.
+      safety: new SafetyGate({ now: () => clock.t, approveAll: true, approve: () => false }),
+      now: () => clock.t,
+      rollbackQuietMs: 5_000,
+    })
+    Object.assign(s, { clock })
+    await run(s, 1000)
+    expect(s.orch.nativeAlert('r0', 'GPU 0 memory 98.5 %')).toBe(20)
+    await run(s, 4000)
+    expect(admission.state('r0').cap).toBe(20)
+    await run(s, 10_000)
+    expect(admission.state('r0').cap).toBeNull()
+  })
+
+  it('rolls back what is in place and lifts reflex caps when it closes', async () => {
+    const admission = new AdmissionController()
+    const s = setup({ actuators: actuators({ admission }) })
+    await run(s, 2000, () => [alarm('kv-exhaustion')])
+    s.orch.nativeAlert('r1', 'GPU 1 memory 99 %')
+    expect(admission.state('r1').cap).not.toBeNull()
+    await s.orch.close()
+    expect(s.strategy.rollbacks).toEqual(['r0'])
+    expect(admission.state('r1').cap).toBeNull()
+  })
+})
