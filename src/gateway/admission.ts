@@ -78,6 +78,8 @@ const kDefaults = {
 const kRateAlpha = 0.2
 const kRetryAfterMinS = 1
 const kRetryAfterMaxS = 60
+/** Node runs a timer set longer than this after 1 ms (with a TimeoutOverflowWarning). */
+const kMaxTimerMs = 2_147_483_647
 
 interface Waiter {
   priority: number
@@ -90,6 +92,8 @@ interface Waiter {
   onAbort: (() => void) | null
   /** Settled or removed; a queue slot holding it is skipped. */
   done: boolean
+  /** The band it waits in; null once taken off the queue. */
+  band: Band | null
 }
 
 interface DrainWaiter {
@@ -102,7 +106,17 @@ interface Band {
   priority: number
   items: Waiter[]
   head: number
+  /** Waiters in `items` not done. */
+  live: number
 }
+
+/**
+ * A band is rewritten without its holes and taken slots once they number this many and outnumber
+ * its live waiters. Without it a band that never empties (sustained overload, or a low band
+ * starved by a higher one while its waiters time out) grows by a slot, or a whole waiter, per
+ * request for as long as that lasts.
+ */
+const kCompactAfter = 64
 
 class ReplicaAdmission {
   readonly name: string
@@ -206,8 +220,8 @@ function validate(options: AdmissionOptions): Required<AdmissionOptions> {
   if (o.initialLimit < o.minLimit || o.initialLimit > o.maxLimit)
     throw optionError('initialLimit', 'an integer between minLimit and maxLimit')
   if (!Number.isInteger(o.maxQueue) || o.maxQueue < 0) throw optionError('maxQueue', 'a non-negative integer')
-  if (typeof o.queueTimeoutMs !== 'number' || !Number.isFinite(o.queueTimeoutMs) || o.queueTimeoutMs <= 0)
-    throw optionError('queueTimeoutMs', 'a positive number of milliseconds')
+  if (typeof o.queueTimeoutMs !== 'number' || !(o.queueTimeoutMs > 0 && o.queueTimeoutMs <= kMaxTimerMs))
+    throw optionError('queueTimeoutMs', `a positive number of milliseconds, at most ${kMaxTimerMs}`)
   if (typeof o.sheddableBelow !== 'number' || Number.isNaN(o.sheddableBelow))
     throw optionError('sheddableBelow', 'a number')
   if (options.now !== undefined && typeof options.now !== 'function')
@@ -291,6 +305,7 @@ export class AdmissionController implements AdmissionActuator {
         signal: signal ?? null,
         onAbort: null,
         done: false,
+        band: null,
       }
       this.#enqueue(s, w)
       w.timer = setTimeout(() => this.#timeOut(s, w), this.#options.queueTimeoutMs)
@@ -334,7 +349,8 @@ export class AdmissionController implements AdmissionActuator {
     return new Promise<boolean>((resolve) => {
       const d: DrainWaiter = { resolve, timer: null }
       s.drainWaiters.push(d)
-      if (Number.isFinite(timeoutMs)) {
+      // Longer than a timer can wait is as good as no bound.
+      if (timeoutMs <= kMaxTimerMs) {
         d.timer = setTimeout(() => {
           const i = s.drainWaiters.indexOf(d)
           if (i >= 0) s.drainWaiters.splice(i, 1)
@@ -457,10 +473,12 @@ export class AdmissionController implements AdmissionActuator {
     while (i < bands.length && bands[i]!.priority > w.priority) i++
     let band = bands[i]
     if (band === undefined || band.priority !== w.priority) {
-      band = { priority: w.priority, items: [], head: 0 }
+      band = { priority: w.priority, items: [], head: 0, live: 0 }
       bands.splice(i, 0, band)
     }
     band.items.push(w)
+    band.live++
+    w.band = band
     s.queued++
   }
 
@@ -474,7 +492,7 @@ export class AdmissionController implements AdmissionActuator {
         band.items[band.head] = undefined as unknown as Waiter
         band.head++
         if (!w.done) {
-          if (band.head === band.items.length) bands.shift()
+          this.#unlink(s, w)
           s.queued--
           return w
         }
@@ -489,7 +507,29 @@ export class AdmissionController implements AdmissionActuator {
     w.done = true
     s.queued--
     this.#cleanup(w)
+    this.#unlink(s, w)
     if (s.queued === 0) s.bands.length = 0
+  }
+
+  /** `w` left its band: drops a band with no live waiter left, compacts one mostly made of holes. */
+  #unlink(s: ReplicaAdmission, w: Waiter): void {
+    const band = w.band
+    if (band === null) return
+    w.band = null
+    if (--band.live === 0) {
+      const i = s.bands.indexOf(band)
+      if (i >= 0) s.bands.splice(i, 1)
+      return
+    }
+    const garbage = band.items.length - band.live
+    if (garbage < kCompactAfter || garbage <= band.live) return
+    const items: Waiter[] = []
+    for (let i = band.head; i < band.items.length; i++) {
+      const x = band.items[i]
+      if (x !== undefined && !x.done) items.push(x)
+    }
+    band.items = items
+    band.head = 0
   }
 
   #cleanup(w: Waiter): void {

@@ -240,6 +240,24 @@ class Exchange implements Dispatcher.DispatchHandler {
     const h = this.handle as RequestHandle
     this.controller = null
     if (!this.headSent) {
+      if ((err as { code?: unknown }).code === 'UND_ERR_INVALID_ARG') {
+        // undici refused the request itself (`OPTIONS *`, an absolute-form target...): nothing was
+        // sent, and counting it against each replica in turn let a few such requests open every
+        // replica's breaker.
+        h.abort()
+        this.handle = null
+        this.settle()
+        sendError(
+          this.res,
+          400,
+          'invalid_request_error',
+          'invalid_request',
+          describe(err),
+          null,
+          this.core.draining,
+        )
+        return
+      }
       // Nothing reached the client: exclude the replica and try another.
       h.fail(isTimeout(err) ? 'timeout' : 'connect-error', describe(err), 502)
       this.handle = null

@@ -137,7 +137,10 @@ export class GatewayProxy {
     if (this.#closing !== null) return this.#closing
     const core = this.#core
     core.draining = true
+    // A drain still waiting ends now (its timer is not unref'd and would hold the process).
+    const drainWaiting = core.onIdle
     core.onIdle = null
+    drainWaiting?.()
     clearInterval(this.#stallTimer)
     this.#monitor?.off('checkpoint', this.#onCheckpoint)
     for (const ex of [...core.active]) ex.kill()

@@ -22,6 +22,8 @@ const kColdQueueShare = 0.5
 const kDeviations = 2
 const kMeanGain = 1 / 8
 const kDevGain = 1 / 4
+/** The queue budget becomes a timer; Node runs one set longer than this after 1 ms. */
+const kMaxTimerMs = 2_147_483_647
 
 export function validateSlo(slo: unknown, who: string): SloOptions | null {
   if (slo === undefined) return null
@@ -30,6 +32,8 @@ export function validateSlo(slo: unknown, who: string): SloOptions | null {
   const t = (slo as { ttftMs?: unknown }).ttftMs
   if (typeof t !== 'number' || !Number.isFinite(t) || t <= 0)
     throw new InvalidOptionError(`${who}: slo.ttftMs must be a positive number of ms (got ${String(t)})`)
+  if (t > kMaxTimerMs)
+    throw new InvalidOptionError(`${who}: slo.ttftMs must be at most ${kMaxTimerMs} ms (got ${t})`)
   return { ttftMs: t }
 }
 

@@ -1,3 +1,5 @@
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { InvalidArgumentError, InvalidOptionError, VllmMonitorError } from '../../src/errors.js'
 import {
@@ -44,6 +46,16 @@ async function rejectionOf(p: Promise<unknown>): Promise<AdmissionRejectedError>
 
 /** Lets settled promise callbacks run. */
 const flush = () => new Promise((resolve) => setImmediate(resolve))
+
+/** A full GC (WeakRefs made in this turn survive until it ends, hence the ticks around it). */
+async function collectGarbage(): Promise<void> {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  await flush()
+  gc()
+  await flush()
+  gc()
+}
 
 afterEach(() => {
   vi.useRealTimers()
@@ -206,6 +218,40 @@ describe('AdmissionController queue', () => {
     expect(ctl.state(R)).toMatchObject({ inflight: 1, queued: 0 })
   })
 
+  it('lets go of waiters that left a band still behind a longer-lived one (no growth under sustained overload)', async () => {
+    // A high-priority waiter stays queued for the whole test, so the queue never empties; the
+    // priority-0 waiters behind it are aborted (clients gone) one after another.
+    const { ctl } = setup({ initialLimit: 1, maxLimit: 1, queueTimeoutMs: 60_000 })
+    const [held] = fill(ctl, 1)
+    const high = ctl.acquire(R, 10)
+    const refs: WeakRef<AbortSignal>[] = []
+    const leave = async () => {
+      const ac = new AbortController()
+      refs.push(new WeakRef(ac.signal))
+      const w = ctl.acquire(R, 0, ac.signal)
+      ac.abort(new Error('gone'))
+      await w.catch(() => undefined)
+    }
+    for (let i = 0; i < 200; i++) await leave()
+    expect(ctl.state(R).queued).toBe(1)
+    await collectGarbage()
+    expect(refs.filter((r) => r.deref() !== undefined)).toHaveLength(0)
+    // Those still queued keep their order through the compactions.
+    const order: number[] = []
+    const live = [1, 2, 3].map((n) =>
+      ctl.acquire(R, 0).then((p) => {
+        order.push(n)
+        return p
+      }),
+    )
+    for (let i = 0; i < 100; i++) await leave()
+    held!.success()
+    ;(await high).success()
+    for (const p of live) (await p).success()
+    expect(order).toEqual([1, 2, 3])
+    expect(ctl.state(R)).toMatchObject({ queued: 0, inflight: 0 })
+  })
+
   it('rejects at once with the reason of an already aborted signal', async () => {
     const { ctl } = setup()
     const ac = new AbortController()
@@ -262,6 +308,20 @@ describe('AdmissionController as an actuator', () => {
     expect(settled).toBe(false)
     b!.dropped()
     await expect(drained).resolves.toBe(true)
+  })
+
+  it('drain with a timeout longer than a timer can wait does not give up at once', async () => {
+    const { ctl } = setup({ initialLimit: 1 })
+    const [held] = fill(ctl, 1)
+    let result: boolean | null = null
+    const drained = ctl.drain(R, 2 ** 31).then((d) => {
+      result = d
+    })
+    await new Promise((resolve) => setTimeout(resolve, 30))
+    expect(result).toBeNull()
+    held!.success()
+    await drained
+    expect(result).toBe(true)
   })
 
   it('drain resolves true at once when nothing is in flight', async () => {
@@ -349,6 +409,8 @@ describe('AdmissionController options', () => {
       [{ maxQueue: -1 }, 'maxQueue'],
       [{ maxQueue: 1.5 }, 'maxQueue'],
       [{ queueTimeoutMs: 0 }, 'queueTimeoutMs'],
+      // Longer than a timer can wait: Node would time every waiter out after 1 ms.
+      [{ queueTimeoutMs: 2 ** 31 }, 'queueTimeoutMs'],
       [{ minLimit: 0 }, 'minLimit'],
       [{ minLimit: 10, maxLimit: 5, initialLimit: 5 }, 'maxLimit'],
       [{ initialLimit: 500 }, 'initialLimit'],

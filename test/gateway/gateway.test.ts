@@ -274,6 +274,10 @@ describe('Gateway', () => {
     expect(() => new Gateway({ replicas, slo: { ttftMs: 0 } })).toThrow(
       'gateway: slo.ttftMs must be a positive number of ms (got 0)',
     )
+    // A budget longer than a timer can wait would run out after 1 ms.
+    expect(() => new Gateway({ replicas, slo: { ttftMs: 2 ** 31 } })).toThrow(
+      'gateway: slo.ttftMs must be at most 2147483647 ms (got 2147483648)',
+    )
     expect(() => new Gateway({ replicas, slo: 2000 as never })).toThrow(
       'gateway: slo must be an object like { ttftMs: 2000 }',
     )

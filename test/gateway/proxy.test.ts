@@ -4,6 +4,7 @@
  * assertions beyond generous upper bounds (`until`'s timeouts).
  */
 import http from 'node:http'
+import net from 'node:net'
 import OpenAI from 'openai'
 import { afterEach, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/errors.js'
@@ -91,6 +92,20 @@ function raw(
       )
     })
     req.end(text)
+  })
+}
+
+/** Writes `text` on a raw socket and resolves with everything read until the server closes. */
+function rawText(port: number, text: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(text))
+    let out = ''
+    socket.setEncoding('latin1')
+    socket.on('data', (d: string) => {
+      out += d
+    })
+    socket.on('error', () => undefined)
+    socket.on('close', () => resolve(out))
   })
 }
 
@@ -211,6 +226,25 @@ describe('GatewayProxy: pass-through', () => {
     expect(r.status).toBe(400)
     expect(JSON.parse(r.body.toString()).error.code).toBe('invalid_priority')
     expect(f.received.length).toBe(0)
+  })
+})
+
+describe('GatewayProxy: requests undici refuses', () => {
+  it('answers `OPTIONS *` 400 without counting it against any replica (its breaker stays closed)', async () => {
+    const [a, b] = [await fake({ name: 'a' }), await fake({ name: 'b' })]
+    const p = await proxy({ upstreams: [a.url, b.url], port: 0 })
+    const port = Number(new URL(p.url).port)
+    for (let i = 0; i < 6; i++) {
+      const head = await rawText(port, 'OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+      expect(head.split('\r\n')[0]).toBe('HTTP/1.1 400 Bad Request')
+    }
+    expect([p.gateway.picker.breakerState('r0'), p.gateway.picker.breakerState('r1')]).toEqual([
+      'closed',
+      'closed',
+    ])
+    expect(p.gateway.requestStats('r0')?.errors).toBe(0)
+    expect((await raw(`${p.url}/v1/models`)).status).toBe(200)
+    expect(p.gateway.admission.state('r0').inflight + p.gateway.admission.state('r1').inflight).toBe(0)
   })
 })
 
@@ -440,6 +474,21 @@ describe('GatewayProxy: drain and lifecycle', () => {
     const r = await pending
     expect(r.error).toBe('aborted')
     expect(p.gateway.inFlight()).toBe(0)
+  })
+
+  it('close() during a drain ends the drain at once (no timer left holding the process)', async () => {
+    const hung = await fake({ mode: 'hang-after-first-chunk' })
+    const p = await proxy({ upstreams: [hung.url], port: 0, drainTimeoutMs: 60_000 })
+    const pending = raw(`${p.url}/v1/chat/completions`, chatBody(true))
+    await until('the stream to start', () => hung.open() === 1)
+    const drained = p.drain()
+    await p.close()
+    const outcome = await Promise.race([
+      drained.then(() => 'drained'),
+      new Promise((resolve) => setTimeout(resolve, 2_000, 'still waiting')),
+    ])
+    expect(outcome).toBe('drained')
+    expect((await pending).error).toBe('aborted')
   })
 
   it('refreshes the picker from a monitor and pushes its events into it', async () => {
