@@ -52,7 +52,12 @@ const kHead: Array<string | string[]> = []
 
 function onReqData(this: IncomingMessage, chunk: Buffer): void {
   const ex = (this as Carrier)[kExchange]
-  if (ex === undefined) return
+  if (ex === undefined || ex.settled) return
+  ex.bodyBytes += chunk.length
+  if (ex.bodyBytes > ex.core.maxBodyBytes) {
+    ex.tooLarge()
+    return
+  }
   if (ex.body === null) ex.body = chunk
   else if (ex.parts === null) ex.parts = [ex.body, chunk]
   else ex.parts.push(chunk)
@@ -60,7 +65,7 @@ function onReqData(this: IncomingMessage, chunk: Buffer): void {
 
 function onReqEnd(this: IncomingMessage): void {
   const ex = (this as Carrier)[kExchange]
-  if (ex === undefined) return
+  if (ex === undefined || ex.settled) return
   if (ex.parts !== null) {
     ex.body = Buffer.concat(ex.parts)
     ex.parts = null
@@ -92,6 +97,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   priority = 0
   body: Buffer | null = null
   parts: Buffer[] | null = null
+  bodyBytes = 0
   handle: RequestHandle | null = null
   controller: Dispatcher.DispatchController | null = null
   status = 0
@@ -113,6 +119,28 @@ class Exchange implements Dispatcher.DispatchHandler {
     const headers: string[] = []
     this.priority = forwardRequestHeaders(req.rawHeaders, headers)
     this.headers = headers
+  }
+
+  /**
+   * The body passed `maxBodyBytes` before it was admitted: 413, and the connection closes (the
+   * rest of the body is not read into memory).
+   */
+  tooLarge(): void {
+    if (this.settled) return
+    this.settled = true
+    this.body = null
+    this.parts = null
+    sendError(
+      this.res,
+      413,
+      'invalid_request_error',
+      'request_too_large',
+      `request body larger than ${this.core.maxBodyBytes} bytes`,
+      null,
+      true,
+    )
+    this.req.pause()
+    this.core.done(this)
   }
 
   /** Picks a replica and admits the request (at once, or after queueing), then sends it. */
@@ -315,12 +343,14 @@ export class ProxyCore {
   readonly gateway: Gateway
   readonly upstreams: Map<string, Upstream>
   readonly active = new Set<Exchange>()
+  readonly maxBodyBytes: number
   draining = false
   onIdle: (() => void) | null = null
 
-  constructor(gateway: Gateway, upstreams: Map<string, Upstream>) {
+  constructor(gateway: Gateway, upstreams: Map<string, Upstream>, maxBodyBytes: number) {
     this.gateway = gateway
     this.upstreams = upstreams
+    this.maxBodyBytes = maxBodyBytes
   }
 
   done(ex: Exchange): void {

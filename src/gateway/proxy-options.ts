@@ -43,6 +43,12 @@ export interface GatewayProxyOptions {
   stallAfterMs?: number
   /** How long `drain()` waits for in-flight requests before closing anyway, ms (default 30 000). */
   drainTimeoutMs?: number
+  /**
+   * Largest request body accepted, bytes (default 32 MiB); a larger one is answered 413. Bodies are
+   * held in memory so that a request can fail over to another replica: without a bound, one client
+   * could take the gateway's memory.
+   */
+  maxBodyBytes?: number
   /** Keep-alive connections per upstream (default 128). */
   connections?: number
   /** Admission options of the gateway built from `upstreams` (not with `gateway`). */
@@ -62,6 +68,7 @@ const kDefaults = {
   bodyTimeoutMs: 0,
   drainTimeoutMs: 30_000,
   connections: 128,
+  maxBodyBytes: 32 * 1024 * 1024,
 } as const
 
 export interface ResolvedProxyOptions {
@@ -73,6 +80,7 @@ export interface ResolvedProxyOptions {
   bodyTimeoutMs: number
   drainTimeoutMs: number
   connections: number
+  maxBodyBytes: number
   monitor: VLLMEngineMonitor | null
 }
 
@@ -143,6 +151,9 @@ export function resolveProxyOptions(o: GatewayProxyOptions): ResolvedProxyOption
   const headersTimeoutMs = positive('headersTimeoutMs', o.headersTimeoutMs, kDefaults.headersTimeoutMs)
   const bodyTimeoutMs = positive('bodyTimeoutMs', o.bodyTimeoutMs, kDefaults.bodyTimeoutMs, true)
   const drainTimeoutMs = positive('drainTimeoutMs', o.drainTimeoutMs, kDefaults.drainTimeoutMs, true)
+  const maxBodyBytes = o.maxBodyBytes ?? kDefaults.maxBodyBytes
+  if (!Number.isSafeInteger(maxBodyBytes) || maxBodyBytes < 1)
+    throw optionError('maxBodyBytes', 'a positive integer')
   const connections = o.connections ?? kDefaults.connections
   if (!Number.isInteger(connections) || connections < 1)
     throw optionError('connections', 'a positive integer')
@@ -174,6 +185,7 @@ export function resolveProxyOptions(o: GatewayProxyOptions): ResolvedProxyOption
     bodyTimeoutMs,
     drainTimeoutMs,
     connections,
+    maxBodyBytes,
     monitor,
   }
 }

@@ -80,7 +80,7 @@ export class GatewayProxy {
         prefix: url.pathname.replace(/\/+$/, ''),
       })
     }
-    const core = new ProxyCore(r.gateway, upstreams)
+    const core = new ProxyCore(r.gateway, upstreams, r.maxBodyBytes)
     const server = createServer((req, res) => onRequest(core, req, res))
     try {
       await new Promise<void>((ok, fail) => {

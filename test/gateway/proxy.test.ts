@@ -227,6 +227,18 @@ describe('GatewayProxy: pass-through', () => {
     expect(JSON.parse(r.body.toString()).error.code).toBe('invalid_priority')
     expect(f.received.length).toBe(0)
   })
+
+  it('answers 413 to a body over maxBodyBytes, holds none of it and sends nothing upstream', async () => {
+    const f = await fake()
+    const p = await proxy({ upstreams: [f.url], port: 0, maxBodyBytes: 4096 })
+    const r = await raw(`${p.url}/v1/completions`, { prompt: 'x'.repeat(64 * 1024) })
+    expect(r.status).toBe(413)
+    expect(JSON.parse(r.body.toString()).error.code).toBe('request_too_large')
+    expect(f.received.length).toBe(0)
+    expect(p.gateway.inFlight()).toBe(0)
+    // A body within the bound still goes through.
+    expect((await raw(`${p.url}/v1/completions`, { prompt: 'x' })).status).toBe(200)
+  })
 })
 
 describe('GatewayProxy: requests undici refuses', () => {
@@ -537,6 +549,9 @@ describe('GatewayProxy: drain and lifecycle', () => {
     await expect(GatewayProxy.start({ upstreams: ['http://127.0.0.1:1'], port: -1 })).rejects.toThrow(
       'GatewayProxy: option "port" must be an integer in 0-65535',
     )
+    await expect(
+      GatewayProxy.start({ upstreams: ['http://127.0.0.1:1'], port: 0, maxBodyBytes: 0 }),
+    ).rejects.toThrow('GatewayProxy: option "maxBodyBytes" must be a positive integer')
     await expect(
       GatewayProxy.start({ upstreams: ['http://127.0.0.1:1'], port: 0, headersTimeoutMs: 0 }),
     ).rejects.toThrow('headersTimeoutMs')
