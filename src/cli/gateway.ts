@@ -21,6 +21,7 @@ export interface GatewayCliOptions {
   headersTimeoutMs?: number
   connections?: number
   sloTtftMs?: number
+  maxBodyBytes?: number
   scrapeIntervalMs: number
 }
 
@@ -51,6 +52,7 @@ export async function runGateway(o: GatewayCliOptions): Promise<number> {
       ...(o.headersTimeoutMs === undefined ? {} : { headersTimeoutMs: o.headersTimeoutMs }),
       ...(o.connections === undefined ? {} : { connections: o.connections }),
       ...(o.sloTtftMs === undefined ? {} : { slo: { ttftMs: o.sloTtftMs } }),
+      ...(o.maxBodyBytes === undefined ? {} : { maxBodyBytes: o.maxBodyBytes }),
     })
   } catch (e) {
     await monitor?.close()
@@ -125,6 +127,11 @@ export function registerGateway(program: Command): Command {
       'time-to-first-token SLO: a queued request that can no longer make it gets 429 + Retry-After',
       int('--slo-ttft-ms', 1),
     )
+    .option(
+      '--max-body-bytes <n>',
+      'largest request body accepted (default 32 MiB); larger ones get 413',
+      int('--max-body-bytes', 1),
+    )
     .action(async (o) => {
       process.exitCode = await runGateway({
         upstreams: o.upstream,
@@ -137,6 +144,7 @@ export function registerGateway(program: Command): Command {
         headersTimeoutMs: o.headersTimeoutMs,
         connections: o.connections,
         sloTtftMs: o.sloTtftMs,
+        maxBodyBytes: o.maxBodyBytes,
       })
     })
 }
