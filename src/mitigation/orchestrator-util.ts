@@ -1,6 +1,7 @@
 /**
  * The orchestrator's small helpers: its option checks, error text that cannot throw, what an
- * admission actuator holds for a replica, and the check of what a strategy returned.
+ * admission actuator holds for a replica, the check of what a strategy returned, and the deadline
+ * every strategy call runs under.
  */
 import { InvalidOptionError } from '../errors.js'
 import { FAILURE_TYPES } from '../forecast/spec.js'
@@ -72,5 +73,36 @@ export function sanitize(name: string, r: unknown): MitigationResult {
     outcome: x.outcome as MitigationOutcome,
     detail: typeof x.detail === 'string' ? x.detail : '',
     actions: Array.isArray(x.actions) ? x.actions.map(String) : [],
+  }
+}
+
+/**
+ * Runs `work` with a signal that aborts when `closing` does (close()) or past `timeoutMs`; past it,
+ * resolves null without waiting for `work` any longer (a strategy that ignores its signal must not
+ * hold a key, a safety slot or close() forever).
+ */
+export async function bounded<T>(
+  closing: AbortSignal,
+  timeoutMs: number,
+  work: (signal: AbortSignal) => Promise<T>,
+): Promise<{ value: T } | null> {
+  const ac = new AbortController()
+  const onClose = () => ac.abort(closing.reason)
+  // Started after close() (a native alert's queued response): the abort event has already fired.
+  if (closing.aborted) onClose()
+  else closing.addEventListener('abort', onClose, { once: true })
+  let timer: ReturnType<typeof setTimeout> | null = null
+  const deadline = new Promise<null>((resolve) => {
+    timer = setTimeout(() => {
+      ac.abort(new Error(`deadline of ${timeoutMs} ms passed`))
+      resolve(null)
+    }, timeoutMs)
+    timer.unref?.()
+  })
+  try {
+    return await Promise.race([work(ac.signal).then((value) => ({ value })), deadline])
+  } finally {
+    if (timer !== null) clearTimeout(timer)
+    closing.removeEventListener('abort', onClose)
   }
 }
