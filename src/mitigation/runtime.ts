@@ -8,7 +8,7 @@ import type { SloOptions } from '../forecast/spec.js'
 import type { ResolvedMonitorOptions } from '../monitor/options.js'
 import type { MonitorEvent } from '../telemetry/types.js'
 import { VllmControlClient } from '../vllm/control.js'
-import { webhookScaler } from './actuators.js'
+import { kubernetesScaler, webhookScaler } from './actuators.js'
 import { type AuditEntry, AuditLog } from './audit.js'
 import { ContinuousLearner } from './learner.js'
 import { MitigationOrchestrator, type OrchestratorOptions } from './orchestrator.js'
@@ -105,7 +105,10 @@ export class MitigationRuntime {
       },
       supervisor: () => null,
       processes: null,
-      scalers: o.webhookUrl === undefined ? [] : [webhookScaler({ url: o.webhookUrl })],
+      scalers: [
+        ...(o.webhookUrl === undefined ? [] : [webhookScaler({ url: o.webhookUrl })]),
+        ...(o.kubernetes === undefined ? [] : [kubernetesScaler(stripUndefined(o.kubernetes))]),
+      ],
       ...given,
     }
     this.safety = new SafetyGate({
@@ -149,4 +152,9 @@ export class MitigationRuntime {
       })
     await this.audit?.close()
   }
+}
+
+/** Zod leaves absent optional keys as `undefined`; the scalers treat a present key as given. */
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
 }

@@ -83,6 +83,23 @@ export const mitigationOptionsSchema = z
     actuators: z.custom<object>((v) => typeof v === 'object' && v !== null, 'must be an object').optional(),
     /** ScaleResources posts here (`VLLM_MONITOR_SCALE_WEBHOOK`). */
     webhookUrl: z.string().url().optional(),
+    /** ScaleResources also scales this Deployment/StatefulSet through the Kubernetes scale subresource. */
+    kubernetes: z
+      .object({
+        /** Default in-cluster: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`. */
+        apiServer: z.string().url().optional(),
+        namespace: z.string().min(1),
+        kind: z.enum(['deployments', 'statefulsets']),
+        name: z.string().min(1),
+        /** Never scale beyond this many replicas. */
+        maxReplicas: z.number().int().min(1),
+        token: z.string().min(1).optional(),
+        tokenFile: z.string().min(1).optional(),
+        caFile: z.string().min(1).optional(),
+        timeoutMs: z.number().int().min(1).optional(),
+      })
+      .strict()
+      .optional(),
     /** The native reflex: cap a replica at once when one of its GPUs passes this memory fraction. */
     nativeMemoryFraction: z.number().gt(0).max(1).default(0.98),
   })

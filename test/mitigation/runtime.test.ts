@@ -90,4 +90,28 @@ describe('the mitigation runtime', () => {
       /^saving the learner failed: learner state .*learner\.json: cannot write it/,
     )
   })
+
+  it('builds the scalers the options name: the webhook and the Kubernetes scale subresource', async () => {
+    const { rt } = runtime(
+      {
+        webhookUrl: 'http://autoscaler:8080/scale',
+        kubernetes: {
+          apiServer: 'https://10.0.0.1:6443',
+          namespace: 'llm',
+          kind: 'deployments',
+          name: 'vllm',
+          maxReplicas: 8,
+          token: 't',
+        },
+      },
+      false,
+    )
+    expect(rt.actuators.scalers.map((s) => s.name)).toEqual(['webhook', 'kubernetes:deployments/vllm'])
+    await rt.close()
+    expect(() =>
+      mitigationOptionsSchema.parse({
+        kubernetes: { namespace: 'llm', kind: 'pods', name: 'x', maxReplicas: 2 },
+      }),
+    ).toThrow(/kind/)
+  })
 })
