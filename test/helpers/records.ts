@@ -1,4 +1,5 @@
 /** Telemetry records for tests: a serving engine with every counter at 0, a healthy GPU. */
+import { nullDerived } from '../../src/telemetry/store.js'
 import type { EngineDerived, EngineReading, GpuReading, TelemetryRecord } from '../../src/telemetry/types.js'
 
 export function engineReading(replica = 'r0', over: Partial<EngineReading> = {}): EngineReading {
@@ -74,18 +75,5 @@ export function gpuRecord(t: number, over: Partial<GpuReading> = {}): TelemetryR
 
 /** An engine's derived rates, all unknown unless given. */
 export function derived(over: Partial<EngineDerived> = {}): EngineDerived {
-  return {
-    preemptionsPerSec: null,
-    promptTokensPerSec: null,
-    generationTokensPerSec: null,
-    stepsPerSec: null,
-    errorsPerSec: null,
-    requestsFinishedPerSec: null,
-    ttftMeanMs: null,
-    itlMeanMs: null,
-    e2eMeanMs: null,
-    queueTimeMeanMs: null,
-    stalledForMs: null,
-    ...over,
-  }
+  return { ...nullDerived(), ...over }
 }

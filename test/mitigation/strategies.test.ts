@@ -40,7 +40,7 @@ import type {
   Prediction,
 } from '../../src/telemetry/types.js'
 import { VllmControlClient } from '../../src/vllm/control.js'
-import { derived } from '../helpers/records.js'
+import { derived, engineReading } from '../helpers/records.js'
 import { closeSims, startSim, waitHealthy } from '../helpers/sim-http.js'
 
 const clients: VllmControlClient[] = []
@@ -59,45 +59,7 @@ interface EngineSpec {
 }
 
 function reading(replica: string, running: number | null, kv: number | null): EngineReading {
-  const nulls = Object.fromEntries(
-    [
-      'modelName',
-      'healthStatus',
-      'error',
-      'requestsWaiting',
-      'preemptionsTotal',
-      'promptTokensTotal',
-      'generationTokensTotal',
-      'stepsTotal',
-      'requestsFinishedTotal',
-      'requestsErroredTotal',
-      'numGpuBlocks',
-      'ttftSecondsSum',
-      'ttftCount',
-      'itlSecondsSum',
-      'itlCount',
-      'e2eSecondsSum',
-      'e2eCount',
-      'queueTimeSecondsSum',
-      'queueTimeCount',
-      'ttftP50Ms',
-      'ttftP90Ms',
-      'ttftP99Ms',
-      'itlP50Ms',
-      'itlP99Ms',
-      'e2eP50Ms',
-      'e2eP99Ms',
-      'queueTimeP99Ms',
-    ].map((k) => [k, null]),
-  )
-  return {
-    ...nulls,
-    replica,
-    engine: null,
-    reachable: true,
-    requestsRunning: running,
-    kvCacheUsage: kv,
-  } as EngineReading
+  return engineReading(replica, { engine: null, requestsRunning: running, kvCacheUsage: kv })
 }
 
 function engine(s: EngineSpec): EngineSnapshot {
