@@ -120,8 +120,41 @@ export function isForecastable(state: LifecycleState): boolean {
   return state === 'SERVING' || state === 'DEGRADED' || state === 'READY'
 }
 
+/** The store signals a GPU's channels read, in the order GpuSeries holds them. */
+const GPU_SIGNALS = [
+  'memoryUsedBytes',
+  'memoryTotalBytes',
+  'temperatureCelsius',
+  'powerWatts',
+  'powerLimitWatts',
+  'smClockMhz',
+  'thermalThrottle',
+  'eccCorrectedVolatile',
+] as const
+const G_USED = 0
+const G_TOTAL = 1
+const G_TEMP = 2
+const G_POWER = 3
+const G_LIMIT = 4
+const G_CLOCK = 5
+const G_THERMAL = 6
+const G_ECC = 7
+
+/**
+ * A replica's or a GPU's series, looked up once rather than by key on every tick. A series not
+ * there yet is looked up again once the store has created more (series are never removed, so a
+ * series found stays valid).
+ */
+interface SeriesSet {
+  series: (Series | undefined)[]
+  /** The store's seriesCount when the missing ones were last looked up; -1 once all are found. */
+  seenCount: number
+}
+
 export class FeatureExtractor {
   readonly store: TelemetryStore
+  private readonly engineSets = new Map<string, SeriesSet>()
+  private readonly gpuSets = new Map<number, SeriesSet>()
   private readonly w1 = new Float64Array(N1S)
   private readonly w100 = new Float64Array(N100)
   private readonly acc1 = new Float64Array(N1S * GPU_CHANNELS.length)
@@ -148,10 +181,10 @@ export class FeatureExtractor {
   ): void {
     let o = offset
     const raw = this.raw
+    const engine = this.engineSeries(target.replica)
     for (let c = 0; c < ENGINE_CHANNELS.length; c++) {
       const ch = ENGINE_CHANNELS[c]!
-      const s = this.store.get(engineKey(target.replica, ch.signal))
-      this.read(s, tMs, this.w1, this.w100)
+      this.read(engine[c], tMs, this.w1, this.w100)
       if (c === 0) {
         raw[0] = lastFinite(this.w1)
         raw[5] = slopePerSec(this.w1, 30)
@@ -200,39 +233,77 @@ export class FeatureExtractor {
       w100.fill(Number.NaN)
       return
     }
-    s.window('1s', 'mean', N1S, w1, tMs)
-    s.window('100ms', 'mean', N100, w100, tMs)
+    s.windowValues('1s', 'mean', N1S, w1, tMs)
+    s.windowValues('100ms', 'mean', N100, w100, tMs)
+  }
+
+  /** The replica's ENGINE_CHANNELS series, in that order. */
+  private engineSeries(replica: string): (Series | undefined)[] {
+    let set = this.engineSets.get(replica)
+    if (set === undefined) {
+      set = { series: ENGINE_CHANNELS.map(() => undefined), seenCount: 0 }
+      this.engineSets.set(replica, set)
+    }
+    if (set.seenCount !== -1 && set.seenCount !== this.store.seriesCount) {
+      set.seenCount = this.store.seriesCount
+      let all = true
+      for (let c = 0; c < ENGINE_CHANNELS.length; c++) {
+        set.series[c] ??= this.store.get(engineKey(replica, ENGINE_CHANNELS[c]!.signal))
+        if (set.series[c] === undefined) all = false
+      }
+      if (all) set.seenCount = -1
+    }
+    return set.series
+  }
+
+  /** GPU g's GPU_SIGNALS series, in that order. */
+  private gpuSeries(g: number): (Series | undefined)[] {
+    let set = this.gpuSets.get(g)
+    if (set === undefined) {
+      set = { series: GPU_SIGNALS.map(() => undefined), seenCount: 0 }
+      this.gpuSets.set(g, set)
+    }
+    if (set.seenCount !== -1 && set.seenCount !== this.store.seriesCount) {
+      set.seenCount = this.store.seriesCount
+      let all = true
+      for (let c = 0; c < GPU_SIGNALS.length; c++) {
+        set.series[c] ??= this.store.get(gpuKey(g, GPU_SIGNALS[c]!))
+        if (set.series[c] === undefined) all = false
+      }
+      if (all) set.seenCount = -1
+    }
+    return set.series
   }
 
   /** Folds GPU g's channels into the accumulators with max; false when it has no data. */
   private gpuChannels(g: number, tMs: number): boolean {
-    const st = this.store
-    const used = st.get(gpuKey(g, 'memoryUsedBytes'))
+    const gs = this.gpuSeries(g)
+    const used = gs[G_USED]
     if (used === undefined) return false
-    const total = st.get(gpuKey(g, 'memoryTotalBytes'))?.latest() ?? null
+    const total = gs[G_TOTAL]?.latest() ?? null
     const t1 = this.tmp1
     const t100 = this.tmp100
     // memFrac
     this.read(used, tMs, t1, t100)
     this.fold(0, t1, t100, total !== null && total > 0 ? 1 / total : Number.NaN, 0, 0)
     // temperature, °C (scaled with the statistics)
-    this.read(st.get(gpuKey(g, 'temperatureCelsius')), tMs, t1, t100)
+    this.read(gs[G_TEMP], tMs, t1, t100)
     this.fold(1, t1, t100, 1, 0, 0)
     // powerFrac
-    const limit = st.get(gpuKey(g, 'powerLimitWatts'))?.latest() ?? null
-    this.read(st.get(gpuKey(g, 'powerWatts')), tMs, t1, t100)
+    const limit = gs[G_LIMIT]?.latest() ?? null
+    this.read(gs[G_POWER], tMs, t1, t100)
     this.fold(2, t1, t100, limit !== null && limit > 0 ? 1 / limit : 1 / 700, 0, 0)
     // clockRel: 1 - clock / the highest it reached in the window (a drop is throttling; folded
     // with max like the others, so the worst GPU wins).
-    this.read(st.get(gpuKey(g, 'smClockMhz')), tMs, t1, t100)
+    this.read(gs[G_CLOCK], tMs, t1, t100)
     let peak = 0
     for (let i = 0; i < N1S; i++) if (t1[i]! > peak) peak = t1[i]!
     this.fold(3, t1, t100, peak > 0 ? -1 / peak : Number.NaN, 0, 1)
     // thermal reason bit
-    this.read(st.get(gpuKey(g, 'thermalThrottle')), tMs, t1, t100)
+    this.read(gs[G_THERMAL], tMs, t1, t100)
     this.fold(4, t1, t100, 1, 0, 0)
     // eccRise: corrected errors gained since the start of the window.
-    this.read(st.get(gpuKey(g, 'eccCorrectedVolatile')), tMs, t1, t100)
+    this.read(gs[G_ECC], tMs, t1, t100)
     let base = Number.NaN
     for (let i = 0; i < N1S; i++)
       if (Number.isFinite(t1[i]!)) {

@@ -321,6 +321,37 @@ export class RollupRing {
     return filled
   }
 
+  /**
+   * `window(field, n, out, endTMs)` without the count of filled buckets: the forecaster's feature
+   * read, every tick on the main thread, where reading the count column too doubled the cache
+   * lines touched. `endTMs` is required (the caller aligns several series on one "now").
+   */
+  windowValues(field: RollupField, n: number, out: Float64Array, endTMs: number): void {
+    checkOut(out, n, 'windowValues')
+    const col = this.column(field)
+    const gapValue = field === 'count' ? 0 : Number.NaN
+    const head = this.buckets[0]!
+    const end = Math.floor(endTMs / this.widthMs)
+    if (Number.isNaN(head) || Number.isNaN(end)) {
+      for (let i = 0; i < n; i++) out[i] = gapValue
+      return
+    }
+    // out[i] is the bucket `head - (first + i)` back from the head, held when that is in
+    // [0, span): older buckets, then the held ones walking the slots forward, then newer ones.
+    const first = end - n + 1
+    let i = 0
+    // Buckets older than the ring holds.
+    for (; i < n && head - (first + i) >= this.span; i++) out[i] = gapValue
+    let s = this.slotBack(head - (first + i))
+    const cap = this.capacity
+    for (; i < n && first + i <= head; i++) {
+      out[i] = col[s]!
+      s = s + 1 === cap ? 0 : s + 1
+    }
+    // Buckets after the head (no sample yet).
+    for (; i < n; i++) out[i] = gapValue
+  }
+
   clear(): void {
     this.buckets[0] = Number.NaN
     this.headSlot = 0

@@ -238,6 +238,17 @@ export class Series {
     return this.rollup(resolution).window(field, n, out, endTMs)
   }
 
+  /** `window(resolution, field, n, out, endTMs)` without counting the filled buckets (see RollupRing.windowValues). */
+  windowValues(
+    resolution: RollupResolution,
+    field: RollupField,
+    n: number,
+    out: Float64Array,
+    endTMs: number,
+  ): void {
+    this.rollup(resolution).windowValues(field, n, out, endTMs)
+  }
+
   private rollup(resolution: RollupResolution): RollupRing {
     if (resolution === '100ms') return this.r100ms
     if (resolution === '1s') return this.r1s
@@ -359,6 +370,11 @@ export class TelemetryStore {
   /** The series under `key` if it exists; never creates one. */
   get(key: string): Series | undefined {
     return this.byKey.get(key)
+  }
+
+  /** Series created so far. Series are never removed, so a change means new ones exist. */
+  get seriesCount(): number {
+    return this.byKey.size
   }
 
   has(key: string): boolean {

@@ -172,6 +172,20 @@ describe('FeatureExtractor.extract', () => {
     expect(f[idx('temp.last')]).toBeCloseTo(0.6, 5)
   })
 
+  it('reads a GPU whose telemetry starts after the first extraction, as a fresh extractor would', () => {
+    const store = new TelemetryStore()
+    engineRun(store, 10, () => ({}))
+    const extractor = new FeatureExtractor(store)
+    const target = { replica: 'r0', gpus: [0] }
+    const out = new Float32Array(FEATURE_COUNT)
+    extractor.extract(10_000, target, 'SERVING', out, 0)
+    expect(out[idx('hasGpu')]).toBe(0)
+    gpuRun(store, 10, () => ({}))
+    extractor.extract(10_000, target, 'SERVING', out, 0)
+    expect(out[idx('hasGpu')]).toBe(1)
+    expect(Array.from(out)).toEqual(Array.from(extract(store, 10_000, target)))
+  })
+
   it('keeps the worst of two GPUs: memFrac.last is the fuller one, whichever it is', () => {
     const store = new TelemetryStore()
     engineRun(store, 30, () => ({}))

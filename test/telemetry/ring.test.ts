@@ -177,4 +177,26 @@ describe('RollupRing', () => {
     expect(arr(out)).toEqual([Number.NaN, Number.NaN, Number.NaN])
     expect(() => r.window('max', 4, out)).toThrow(InvalidArgumentError)
   })
+
+  it('reads the same values without counting them, wherever the window ends and however it wraps', () => {
+    const r = new RollupRing(16, 100)
+    const counted = new Float64Array(12)
+    const values = new Float64Array(12)
+    expect(() => r.windowValues('mean', 13, values, 0)).toThrow(InvalidArgumentError)
+    r.windowValues('mean', 12, values, 500)
+    expect(arr(values)).toEqual(new Array(12).fill(Number.NaN))
+    // Gaps (skipped buckets, NaN readings) and more buckets than the ring holds.
+    let t = 0
+    for (let k = 0; k < 60; k++) {
+      t += k % 7 === 3 ? 350 : 100
+      r.record(t, k % 5 === 0 ? Number.NaN : k)
+      for (const end of [t - 2_500, t - 700, t - 100, t, t + 100, t + 900, t + 5_000]) {
+        for (const field of ['mean', 'count'] as const) {
+          r.window(field, 12, counted, end)
+          r.windowValues(field, 12, values, end)
+          expect(arr(values)).toEqual(arr(counted))
+        }
+      }
+    }
+  })
 })
