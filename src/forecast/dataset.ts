@@ -351,6 +351,37 @@ export function rotateRows(rows: readonly TraceRow[], key: number | string): Tra
   return out
 }
 
+/**
+ * Benign bursts for training and validation runs: now and then (every 100 s on average), 15-60
+ * of the segment's own requests arrive within 0.3-1.5 s. Real traffic has such bursts (the
+ * trace's later stretches more than its first 60 %): the KV cache jumps by a tenth in a second
+ * and drains again. Without them the model meets a fast KV rise only at the start of a step
+ * surge that exhausts the cache, and learns that one fast second means exhaustion; the burst's
+ * rows, labelled by what happened next, teach it otherwise, and validation thresholds are
+ * chosen with them present. Held-out runs replay the trace as it is.
+ */
+export function withBursts(rows: readonly TraceRow[], key: number | string): TraceRow[] {
+  if (rows.length < 10) return [...rows]
+  const rng = createRng(`benign-bursts/${key}`)
+  const endMs = rows[rows.length - 1]!.atMs
+  const out = [...rows]
+  for (let t = rng.exponential(1 / BURST_EVERY_MS); t < endMs; t += rng.exponential(1 / BURST_EVERY_MS)) {
+    const n = 15 + rng.int(46)
+    const spreadMs = rng.uniform(300, 1500)
+    for (let i = 0; i < n; i++) {
+      const r = rows[rng.int(rows.length)]!
+      out.push({
+        atMs: t + rng.uniform(0, spreadMs),
+        promptTokens: r.promptTokens,
+        outputTokens: r.outputTokens,
+      })
+    }
+  }
+  return out.sort((a, b) => a.atMs - b.atMs)
+}
+
+const BURST_EVERY_MS = 100_000
+
 /** 0-120 s, fixed per scenario and seed. */
 export function faultDelayMs(scenario: string, seed: number): number {
   return createRng(`fault-delay/${scenario}/${seed}`).int(121) * 1000
@@ -384,12 +415,14 @@ export function suiteDataset(
   seed: number,
   options: { rows?: readonly TraceRow[]; split?: SuiteSplit } = {},
 ): Promise<TraceDataset> {
-  const rows = traceSegment(options.rows ?? loadTraceCsv(), options.split ?? 'all')
+  const split = options.split ?? 'all'
+  const rows = traceSegment(options.rows ?? loadTraceCsv(), split)
+  // Per scenario and seed: runs sharing a seed would otherwise meet the same bursts, and one
+  // burst would be scored once per scenario.
+  const rotated = rotateRows(rows, `${scenario}/${seed}`)
   return datasetFromScenario(scenario, {
     seed,
-    // Per scenario and seed: runs sharing a seed would otherwise meet the same bursts, and one
-    // burst would be scored once per scenario.
-    traceRows: rotateRows(rows, `${scenario}/${seed}`),
+    traceRows: split === 'train' || split === 'val' ? withBursts(rotated, `${scenario}/${seed}`) : rotated,
     // Faults strike at a fixed time in each scenario; the features carry traces of the boot for a
     // minute, and a model would learn "a minute after boot, the KV cache fills" from that alone.
     faultDelayMs: faultDelayMs(scenario, seed),

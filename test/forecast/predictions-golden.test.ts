@@ -15,9 +15,9 @@ import type { Checkpoint, Prediction, TelemetryRecord } from '../../src/telemetr
 
 /** scenario -> [ticks with predictions, sha256 of their JSON]. */
 const GOLDEN: Record<string, [number, string]> = {
-  'kv-exhaustion': [55, 'eee2cdbe372860dc4020fd5f674a94b12dab0980df15f9e15e4309af3f52291d'],
-  'memory-leak': [55, 'b449e15be4c2094c8cf32e09f89b437726f54f9510b7c2b72157ab14cd028950'],
-  'thermal-throttle': [55, '109486ef037adfd786e93f816d9ab7d7672643a59f1886e45b18c3d9231641b4'],
+  'kv-exhaustion': [55, '3afa158a19e327cb94e09ecc014ab12cc22105aa2c9d8f06549ce8ef95645926'],
+  'memory-leak': [55, 'df006eb23205a618afdf5df5ad27a32a8c7717288445fc6e93ea5a812304eb96'],
+  'thermal-throttle': [55, '54d6402713bec564736edfe2054f04975fd7cef2c67085b25b88903727fb2609'],
 }
 const DURATION_MS = 120_000
 
