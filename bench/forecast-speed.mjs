@@ -126,7 +126,7 @@ const result = {
   tickP50Ms: pct(lat, 50),
   tickP99Ms: pct(lat, 99),
   ticksWithGcPause: withGc,
-  tickP99WithoutGcPauseMs: pct(clean, 99),
+  tickP99WithoutGcPauseMs: clean.length > 0 ? pct(clean, 99) : null,
   backToBackP50Ms: pct(hot, 50),
   backToBackP99Ms: pct(hot, 99),
   eventLoopDelayP99OffMs: mean(delays.off),
@@ -143,7 +143,7 @@ else {
     `  request -> predictions   p50 ${result.tickP50Ms.toFixed(3)} ms   p99 ${result.tickP99Ms.toFixed(3)} ms  (target p99 <= 2 ms)`,
   )
   console.log(
-    `  without a GC pause       p99 ${result.tickP99WithoutGcPauseMs.toFixed(3)} ms  (${result.ticks - result.ticksWithGcPause} ticks; ${result.ticksWithGcPause} had a main-thread GC pause in them)`,
+    `  without a GC pause       p99 ${result.tickP99WithoutGcPauseMs?.toFixed(3) ?? '-'} ms  (${result.ticks - result.ticksWithGcPause} ticks; ${result.ticksWithGcPause} had a main-thread GC pause in them)`,
   )
   console.log(
     `  back to back             p50 ${result.backToBackP50Ms.toFixed(3)} ms   p99 ${result.backToBackP99Ms.toFixed(3)} ms`,

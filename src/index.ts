@@ -40,7 +40,6 @@ export {
   suiteDataset,
   type TraceDataset,
   traceSegment,
-  withBursts,
 } from './forecast/dataset.js'
 export { type AlarmSource, formatScores, scoreDatasets, type TypeScore } from './forecast/evaluate.js'
 export {

@@ -352,10 +352,12 @@ export function rotateRows(rows: readonly TraceRow[], key: number | string): Tra
 }
 
 /**
- * Benign bursts for training and validation runs: now and then (every 100 s on average), 15-60
- * of the segment's own requests arrive within 0.3-1.5 s. Real traffic has such bursts (the
- * trace's later stretches more than its first 60 %): the KV cache jumps by a tenth in a second
- * and drains again. Without them the model meets a fast KV rise only at the start of a step
+ * Benign bursts for training and validation runs: now and then (every 100 s of trace time on
+ * average), 15-60 of the segment's own requests arrive within 0.3-1.5 s of trace time. A scenario
+ * replays the trace faster than it was recorded (`rateMultiplier`), so in simulated time the
+ * bursts come more often and tighter, and they add about a tenth to the requests. Real traffic
+ * has such bursts (the trace's later stretches more than its first 60 %): the KV cache jumps by a
+ * tenth in a second and drains again. Without them the model meets a fast KV rise only at the start of a step
  * surge that exhausts the cache, and learns that one fast second means exhaustion; the burst's
  * rows, labelled by what happened next, teach it otherwise, and validation thresholds are
  * chosen with them present. Held-out runs replay the trace as it is.

@@ -120,7 +120,9 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   for (const j of jobs) {
     const file = join(
       cacheDir,
-      `${j.scenario}-seed${j.seed}-${safe(arrivalsTag)}-f${FEATURE_SCHEMA_VERSION}d${DATASET_VERSION}.v8`,
+      // The split is part of the name: the same seed in two splits replays other traffic (and
+      // only training and validation runs carry bursts).
+      `${j.scenario}-${j.split}-seed${j.seed}-${safe(arrivalsTag)}-f${FEATURE_SCHEMA_VERSION}d${DATASET_VERSION}.v8`,
     )
     let ds: TraceDataset
     if (existsSync(file)) ds = deserialize(await readFile(file)) as TraceDataset
@@ -423,12 +425,20 @@ function chooseThreshold(
   probs: Map<TraceDataset, Float32Array>,
 ): number {
   const ti = FAILURE_TYPES.indexOf(type)
-  const score = (thr: number): TypeScore =>
-    scoreDatasets(val, [modelSource('m', meta, probs, { type, threshold: thr })])[ti]!
+  const scores = new Map<number, TypeScore>()
+  const score = (thr: number): TypeScore => {
+    let s = scores.get(thr)
+    if (s === undefined) {
+      s = scoreDatasets(val, [modelSource('m', meta, probs, { type, threshold: thr })])[ti]!
+      scores.set(thr, s)
+    }
+    return s
+  }
   let best: { thr: number; key: number[] } | null = null
   for (const thr of THRESHOLDS) {
     const s = score(thr)
-    const m = score(Math.max(0.01, thr - THRESHOLD_MARGIN))
+    // Rounded to the grid's hundredths: 0.3 - 0.1 is 0.19999999999999998 in binary.
+    const m = score(Math.max(0.01, Math.round((thr - THRESHOLD_MARGIN) * 100) / 100))
     const fa = Math.max(s.falseAlarmsPerHour, m.falseAlarmsPerHour)
     const rp = Math.min((s.recall ?? 0) + (s.precision ?? 0), (m.recall ?? 0) + (m.precision ?? 0))
     // Half the 1/h target: validation runs are few, and a held-out stretch of traffic differs.

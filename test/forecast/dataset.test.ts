@@ -36,7 +36,8 @@ describe('withBursts', () => {
     const added = out.filter((r) => !original.has(r))
     expect(added.length).toBe(out.length - rows.length)
     const bursts = clusters(added, 1500, 1)
-    // About one an hour-long trace's 36 (every 100 s on average), each 15-60 requests.
+    // One every 100 s on average: about 36 in an hour of trace, each of 15-60 requests. (The
+    // bursts of this key are all more than 1.5 s apart, so none merge into one cluster.)
     expect(bursts.length).toBeGreaterThan(20)
     expect(bursts.length).toBeLessThan(55)
     for (const b of bursts) {

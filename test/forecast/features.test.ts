@@ -186,6 +186,28 @@ describe('FeatureExtractor.extract', () => {
     expect(Array.from(out)).toEqual(Array.from(extract(store, 10_000, target)))
   })
 
+  it('reads each GPU channel from its own signal: memory, temperature, power, clock, thermal bit, ECC', () => {
+    const store = new TelemetryStore()
+    engineRun(store, 60, () => ({}))
+    gpuRun(store, 60, (s) => ({
+      memoryUsedBytes: 40e9,
+      memoryTotalBytes: 80e9,
+      temperatureCelsius: 70,
+      powerWatts: 350,
+      powerLimitWatts: 700,
+      smClockMhz: s < 55 ? 1980 : 990,
+      clockEventReasons: s < 55 ? 0 : 0x20,
+      eccCorrectedVolatile: s < 55 ? 3 : 12,
+    }))
+    const f = extract(store, 60_000, { replica: 'r0', gpus: [0] })
+    expect(f[idx('memFrac.last')]).toBeCloseTo(0.5, 5)
+    expect(f[idx('temp.last')]).toBeCloseTo(0.7, 5)
+    expect(f[idx('powerFrac.last')]).toBeCloseTo(0.5, 5)
+    expect(f[idx('clockRel.last')]).toBeCloseTo(0.5, 5)
+    expect(f[idx('thermal.last')]).toBe(1)
+    expect(f[idx('eccRise.last')]).toBeCloseTo(Math.log1p(9), 5)
+  })
+
   it('keeps the worst of two GPUs: memFrac.last is the fuller one, whichever it is', () => {
     const store = new TelemetryStore()
     engineRun(store, 30, () => ({}))
