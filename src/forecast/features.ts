@@ -146,9 +146,15 @@ const G_ECC = 7
  * series found stays valid).
  */
 interface SeriesSet {
+  /** Store keys, computed once. */
+  keys: readonly string[]
   series: (Series | undefined)[]
   /** The store's seriesCount when the missing ones were last looked up; -1 once all are found. */
   seenCount: number
+}
+
+function newSeriesSet(keys: readonly string[]): SeriesSet {
+  return { keys, series: keys.map(() => undefined), seenCount: 0 }
 }
 
 export class FeatureExtractor {
@@ -241,37 +247,33 @@ export class FeatureExtractor {
   private engineSeries(replica: string): (Series | undefined)[] {
     let set = this.engineSets.get(replica)
     if (set === undefined) {
-      set = { series: ENGINE_CHANNELS.map(() => undefined), seenCount: 0 }
+      set = newSeriesSet(ENGINE_CHANNELS.map((c) => engineKey(replica, c.signal)))
       this.engineSets.set(replica, set)
     }
-    if (set.seenCount !== -1 && set.seenCount !== this.store.seriesCount) {
-      set.seenCount = this.store.seriesCount
-      let all = true
-      for (let c = 0; c < ENGINE_CHANNELS.length; c++) {
-        set.series[c] ??= this.store.get(engineKey(replica, ENGINE_CHANNELS[c]!.signal))
-        if (set.series[c] === undefined) all = false
-      }
-      if (all) set.seenCount = -1
-    }
-    return set.series
+    return this.refresh(set)
   }
 
   /** GPU g's GPU_SIGNALS series, in that order. */
   private gpuSeries(g: number): (Series | undefined)[] {
     let set = this.gpuSets.get(g)
     if (set === undefined) {
-      set = { series: GPU_SIGNALS.map(() => undefined), seenCount: 0 }
+      set = newSeriesSet(GPU_SIGNALS.map((sig) => gpuKey(g, sig)))
       this.gpuSets.set(g, set)
     }
-    if (set.seenCount !== -1 && set.seenCount !== this.store.seriesCount) {
-      set.seenCount = this.store.seriesCount
-      let all = true
-      for (let c = 0; c < GPU_SIGNALS.length; c++) {
-        set.series[c] ??= this.store.get(gpuKey(g, GPU_SIGNALS[c]!))
-        if (set.series[c] === undefined) all = false
-      }
-      if (all) set.seenCount = -1
+    return this.refresh(set)
+  }
+
+  /** Looks up the set's missing series again if the store has created any since the last time. */
+  private refresh(set: SeriesSet): (Series | undefined)[] {
+    const count = this.store.seriesCount
+    if (set.seenCount === -1 || set.seenCount === count) return set.series
+    set.seenCount = count
+    let all = true
+    for (let c = 0; c < set.keys.length; c++) {
+      set.series[c] ??= this.store.get(set.keys[c]!)
+      if (set.series[c] === undefined) all = false
     }
+    if (all) set.seenCount = -1
     return set.series
   }
 

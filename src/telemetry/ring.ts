@@ -298,27 +298,7 @@ export class RollupRing {
    */
   window(field: RollupField, n: number, out: Float64Array, endTMs?: number): number {
     checkOut(out, n, 'window')
-    const col = this.column(field)
-    const gapValue = field === 'count' ? 0 : Number.NaN
-    const head = this.buckets[0]!
-    const end = endTMs === undefined ? head : Math.floor(endTMs / this.widthMs)
-    if (Number.isNaN(head) || Number.isNaN(end)) {
-      for (let i = 0; i < n; i++) out[i] = gapValue
-      return 0
-    }
-    let filled = 0
-    for (let i = 0; i < n; i++) {
-      // How many buckets before the head this one is; outside [0, span) the ring does not hold it.
-      const back = head - (end - n + 1 + i)
-      if (back < 0 || back >= this.span) {
-        out[i] = gapValue
-        continue
-      }
-      const s = this.slotBack(back)
-      out[i] = col[s]!
-      if (this.count[s]! > 0) filled++
-    }
-    return filled
+    return this.fill(field, n, out, endTMs, true)
   }
 
   /**
@@ -328,28 +308,40 @@ export class RollupRing {
    */
   windowValues(field: RollupField, n: number, out: Float64Array, endTMs: number): void {
     checkOut(out, n, 'windowValues')
+    this.fill(field, n, out, endTMs, false)
+  }
+
+  /** The walk behind `window` and `windowValues`; reads the count column only when `countFilled`. */
+  private fill(
+    field: RollupField,
+    n: number,
+    out: Float64Array,
+    endTMs: number | undefined,
+    countFilled: boolean,
+  ): number {
     const col = this.column(field)
     const gapValue = field === 'count' ? 0 : Number.NaN
     const head = this.buckets[0]!
-    const end = Math.floor(endTMs / this.widthMs)
+    const end = endTMs === undefined ? head : Math.floor(endTMs / this.widthMs)
     if (Number.isNaN(head) || Number.isNaN(end)) {
       for (let i = 0; i < n; i++) out[i] = gapValue
-      return
+      return 0
     }
     // out[i] is the bucket `head - (first + i)` back from the head, held when that is in
     // [0, span): older buckets, then the held ones walking the slots forward, then newer ones.
     const first = end - n + 1
     let i = 0
-    // Buckets older than the ring holds.
     for (; i < n && head - (first + i) >= this.span; i++) out[i] = gapValue
     let s = this.slotBack(head - (first + i))
     const cap = this.capacity
+    let filled = 0
     for (; i < n && first + i <= head; i++) {
       out[i] = col[s]!
+      if (countFilled && this.count[s]! > 0) filled++
       s = s + 1 === cap ? 0 : s + 1
     }
-    // Buckets after the head (no sample yet).
     for (; i < n; i++) out[i] = gapValue
+    return filled
   }
 
   clear(): void {
