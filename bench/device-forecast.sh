@@ -10,7 +10,9 @@
 # binaries, and packs this machine's node: about 35 MiB under .device-carry/. Then, on the device
 # (run tool, carry [".device-carry"], timeout_s 420):
 #   bash .device-carry/forecast/device-forecast.sh run
-# It runs the bench three times (60 s each) and writes forecast-speed.jsonl and nproc.txt to $OUT.
+# It runs the bench FORECAST_RUNS times (default 3; each run forecasts FORECAST_SECONDS, default 60,
+# and idles as long again as one route: about 100 s in all) and writes forecast-speed.jsonl and
+# nproc.txt to $OUT.
 # The bundle finds models/forecaster and data/traces two levels up, in the repo's working tree.
 set -euo pipefail
 mode="${1:-}"
@@ -41,7 +43,7 @@ run)
     export PATH="/tmp:$PATH"
   fi
   nproc | tee "$res/nproc.txt"
-  for i in 1 2 3; do
+  for _ in $(seq "${FORECAST_RUNS:-3}"); do
     node "$here/forecast-speed.mjs" --seconds "${FORECAST_SECONDS:-60}" --json | tee -a "$res/forecast-speed.jsonl"
   done
   ;;

@@ -57,6 +57,9 @@ pub fn run(sh: &Shared) {
   let mut generation = u64::MAX;
   let cpu0 = thread_cpu_ns();
   let start = monotonic_ns();
+  // The run counts from here, not from start(): opening the devices (milliseconds on a real driver)
+  // is not sampling, and a rate over it reads as missed ticks.
+  sh.stats.run_start_ns.store(start as u64, Relaxed);
   let mut next = start;
   let mut next_cached = start;
   let mut last_flush = start;

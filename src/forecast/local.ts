@@ -5,7 +5,7 @@
  * make each run depend on thread scheduling, and its start-up would span whole simulated minutes.
  * tfjs is imported on first use only.
  */
-import type { DenseForward } from './model.js'
+import type { DenseForward } from './dense.js'
 import { type ModelArtifacts, normalize } from './model-io.js'
 
 interface Loaded {
@@ -21,6 +21,11 @@ export class LocalForecaster {
 
   constructor(artifacts: ModelArtifacts) {
     this.artifacts = artifacts
+  }
+
+  /** Always: this forecaster has no workers (see `inProcess`). */
+  runsInline(_rows: number): boolean {
+    return true
   }
 
   setModel(artifacts: ModelArtifacts): void {
@@ -50,7 +55,7 @@ export class LocalForecaster {
       const m = await import('./model.js')
       await m.initBackend()
       const model = await m.fromArtifacts(artifacts)
-      const fast: DenseForward | null = m.compileDense(model)
+      const fast: DenseForward | null = m.compileDense(model)?.forward ?? null
       return {
         artifacts,
         predict: fast !== null ? fast : (x, rows) => m.predictRows(model, x, rows),

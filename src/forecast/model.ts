@@ -11,6 +11,13 @@ import * as tf from '@tensorflow/tfjs-core'
 import '@tensorflow/tfjs-backend-cpu'
 import * as tfl from '@tensorflow/tfjs-layers'
 import { ModelLoadError, ModelMismatchError } from '../errors.js'
+import {
+  DENSE_ACTIVATIONS,
+  type DenseActivation,
+  type DenseForward,
+  type DenseLayer,
+  denseForward,
+} from './dense.js'
 import { FEATURE_NAMES } from './features.js'
 import type { ModelArtifacts, ModelMeta, WeightEntry } from './model-io.js'
 import { MODEL_OUTPUTS } from './spec.js'
@@ -164,10 +171,13 @@ export function predictRows(model: tfl.LayersModel, x: Float32Array, rows: numbe
   })
 }
 
-/** A model's forward pass in plain JavaScript: rows x inputs in, rows x outputs out. */
-export type DenseForward = (x: Float32Array, rows: number) => Float32Array
+export type { DenseForward } from './dense.js'
 
-type Activation = 'relu' | 'sigmoid' | 'linear' | 'tanh'
+/** A Dense stack compiled to loops (see compileDense): the forward pass and the layers it runs. */
+export interface CompiledDense {
+  forward: DenseForward
+  layers: DenseLayer[]
+}
 
 /**
  * The forward pass of a stack of Dense layers, compiled to plain loops over its weights, or null
@@ -177,15 +187,15 @@ type Activation = 'relu' | 'sigmoid' | 'linear' | 'tanh'
  * result is checked against tfjs on random rows; any disagreement above 1e-4 returns null, and
  * the caller keeps using tfjs.
  */
-export function compileDense(model: tfl.LayersModel): DenseForward | null {
-  const layers: { w: Float32Array; b: Float32Array; inDim: number; outDim: number; act: Activation }[] = []
+export function compileDense(model: tfl.LayersModel): CompiledDense | null {
+  const layers: DenseLayer[] = []
   for (const layer of model.layers) {
     const cls = layer.getClassName()
     if (cls === 'Dropout') continue
     if (cls !== 'Dense') return null
     const cfg = layer.getConfig() as { activation?: string; useBias?: boolean }
-    const act = (cfg.activation ?? 'linear') as Activation
-    if (!['relu', 'sigmoid', 'linear', 'tanh'].includes(act)) return null
+    const act = (cfg.activation ?? 'linear') as DenseActivation
+    if (!DENSE_ACTIVATIONS.includes(act)) return null
     const ws = layer.getWeights()
     const kernel = ws[0]
     if (kernel === undefined || kernel.shape.length !== 2) return null
@@ -195,44 +205,7 @@ export function compileDense(model: tfl.LayersModel): DenseForward | null {
     layers.push({ w: Float32Array.from(w), b: Float32Array.from(b), inDim, outDim, act })
   }
   if (layers.length === 0) return null
-  const widest = Math.max(...layers.map((l) => l.outDim))
-  const bufA = new Float64Array(widest)
-  const bufB = new Float64Array(widest)
-  const forward: DenseForward = (x, rows) => {
-    const outDim = layers[layers.length - 1]!.outDim
-    const out = new Float32Array(rows * outDim)
-    for (let r = 0; r < rows; r++) {
-      let src: Float64Array | Float32Array = x
-      let srcOff = r * layers[0]!.inDim
-      let dst = bufA
-      for (let li = 0; li < layers.length; li++) {
-        const { w, b, inDim, outDim: od, act } = layers[li]!
-        for (let j = 0; j < od; j++) dst[j] = b[j]!
-        for (let i = 0; i < inDim; i++) {
-          const v = src[srcOff + i]!
-          if (v === 0) continue
-          const row = i * od
-          for (let j = 0; j < od; j++) dst[j]! += v * w[row + j]!
-        }
-        for (let j = 0; j < od; j++) {
-          const z = dst[j]!
-          dst[j] =
-            act === 'relu'
-              ? Math.max(z, 0)
-              : act === 'sigmoid'
-                ? 1 / (1 + Math.exp(-z))
-                : act === 'tanh'
-                  ? Math.tanh(z)
-                  : z
-        }
-        src = dst
-        srcOff = 0
-        dst = dst === bufA ? bufB : bufA
-      }
-      for (let j = 0; j < outDim; j++) out[r * outDim + j] = src[j]!
-    }
-    return out
-  }
+  const forward = denseForward(layers)
   // Checked against tfjs on random rows before it is trusted.
   const inDim = layers[0]!.inDim
   const probe = new Float32Array(8 * inDim)
@@ -244,7 +217,7 @@ export function compileDense(model: tfl.LayersModel): DenseForward | null {
   const ref = predictRows(model, probe, 8)
   const got = forward(probe, 8)
   for (let i = 0; i < ref.length; i++) if (!(Math.abs(ref[i]! - got[i]!) <= 1e-4)) return null
-  return forward
+  return { forward, layers }
 }
 
 export { tf, tfl }

@@ -58,6 +58,12 @@ export interface PredictiveDetectorOptions {
   taskTimeoutMs?: number
   backend?: ForecastBackend
   /**
+   * Ticks whose batch costs at most this many multiply-adds run the model on this thread, with the
+   * Dense loops a worker checked against tfjs (ForecastPoolOptions.inlineMaxMacs; default 250,000,
+   * about 24 replicas of the shipped model). 0: every tick goes to a worker.
+   */
+  inlineMaxMacs?: number
+  /**
    * The baseline that answers while the model cannot (default `threshold`: predict_linear would
    * extrapolate every replica's model-loading memory ramp into an OOM alarm at each start).
    */
@@ -88,6 +94,8 @@ export interface PredictiveStatus {
   fallback: BaselineName
   ticks: number
   fallbackTicks: number
+  /** Ticks whose model batch ran on this thread (`inlineMaxMacs`) rather than in a worker. */
+  inlineTicks: number
   onlineRounds: number
   onlineSwaps: number
 }
@@ -130,7 +138,8 @@ export class PredictiveDetector {
   private readonly net = new Float32Array(4)
   private readonly onError: (code: string, message: string) => void
   private tracker: OnsetTracker
-  private pool: Pick<ForecastPool, 'predict' | 'setModel' | 'close' | 'starting'> | null = null
+  private pool: Pick<ForecastPool, 'predict' | 'setModel' | 'close' | 'starting' | 'runsInline'> | null = null
+  private inlineTicks = 0
   private startPool: (() => void) | null = null
   private current: ModelArtifacts | null = null
   private meta: ModelMeta | null = null
@@ -212,6 +221,7 @@ export class PredictiveDetector {
           ...(o.threads === undefined ? {} : { threads: o.threads }),
           ...(o.taskTimeoutMs === undefined ? {} : { taskTimeoutMs: o.taskTimeoutMs }),
           ...(o.backend === undefined ? {} : { backend: o.backend }),
+          ...(o.inlineMaxMacs === undefined ? {} : { inlineMaxMacs: o.inlineMaxMacs }),
           ...(o.workerFilename === undefined ? {} : { workerFilename: o.workerFilename }),
           onError: (err) =>
             this.onError(
@@ -291,6 +301,7 @@ export class PredictiveDetector {
       fallback: this.fallbackName,
       ticks: this.ticks,
       fallbackTicks: this.fallbackTicks,
+      inlineTicks: this.inlineTicks,
       onlineRounds: s?.rounds ?? 0,
       onlineSwaps: s?.swaps ?? 0,
     }
@@ -347,6 +358,7 @@ export class PredictiveDetector {
     // After close() the pool is gone: answer with the baselines, quietly.
     if (this.state === 'ready' && pool !== null && meta !== null && !this.closed) {
       try {
+        if (pool.runsInline(targets.length)) this.inlineTicks++
         const probs = await pool.predict(x, targets.length)
         this.failuresInARow = 0
         this.suspensions = 0

@@ -2,7 +2,8 @@
  * The forecast worker: a piscina task handler that runs the forecasting model off the main thread.
  *
  * Tasks (see ForecastTask):
- *   { kind: 'ping', version?, model? }                 -> 'pong' (warm-up: loads `model` if sent)
+ *   { kind: 'ping', version?, model? }                 -> Pong (warm-up: loads `model` if sent; the
+ *                                                         reply carries its Dense stack, if it has one)
  *   { kind: 'predict', version, rows, features, model? } -> Float32Array, rows × outputs, transferred
  *                                                         | { kind: 'need-model', version, features }
  *
@@ -13,10 +14,11 @@
  * version it asked for, and the worker never answers a predict with another version's model.
  */
 import { move, workerData } from 'piscina'
+import type { DenseLayer } from './dense.js'
 import { FEATURE_COUNT } from './features.js'
 import {
+  type CompiledDense,
   compileDense,
-  type DenseForward,
   fromArtifacts,
   initBackend,
   type ModelArtifacts,
@@ -57,8 +59,19 @@ export interface NeedModel {
   features: Float32Array
 }
 
-/** What `run()` resolves to: 'pong', the probabilities (rows × outputs), or a request for the model. */
-export type ForecastReply = 'pong' | Float32Array | NeedModel
+/**
+ * The answer to a ping. With a model loaded for the ping's version, `dense` holds its layers when
+ * they compiled to loops that agree with tfjs (compileDense): the pool may then run cheap batches
+ * itself (pool.ts, `inlineMaxMacs`) without ever loading tfjs on its own thread.
+ */
+export interface Pong {
+  kind: 'pong'
+  version: number | null
+  dense: DenseLayer[] | null
+}
+
+/** What `run()` resolves to: a pong, the probabilities (rows × outputs), or a request for the model. */
+export type ForecastReply = Pong | Float32Array | NeedModel
 
 export interface ForecastWorkerData {
   /**
@@ -75,7 +88,7 @@ interface Cached {
   model: tfl.LayersModel
   meta: ModelMeta
   /** The model's Dense stack compiled to loops, or null to predict with tfjs. */
-  fast: DenseForward | null
+  fast: CompiledDense | null
 }
 
 // Initialised before the handler is exported (top-level await): piscina reports the worker ready
@@ -102,7 +115,8 @@ export default async function handle(task: ForecastTask): Promise<ForecastReply>
     const v = task.version
     if (task.model !== undefined && Number.isSafeInteger(v) && v! >= 1 && cached?.version !== v)
       await load(v!, task.model).catch(() => {})
-    return 'pong'
+    const held = cached !== null && cached.version === v ? cached : null
+    return { kind: 'pong', version: held?.version ?? null, dense: held?.fast?.layers ?? null }
   }
   if (task?.kind !== 'predict')
     throw new TypeError(
@@ -127,7 +141,7 @@ export default async function handle(task: ForecastTask): Promise<ForecastReply>
   normalize(features, rows, meta.normalization)
   // The model's own forward pass as plain loops where it is a Dense stack (verified against tfjs
   // when the model loaded), tfjs otherwise.
-  const probs = fast !== null ? fast(features, rows) : predictRows(model, features, rows)
+  const probs = fast !== null ? fast.forward(features, rows) : predictRows(model, features, rows)
   // move() transfers the whole underlying buffer: copy a view so that only the result leaves.
   const own = probs.byteOffset === 0 && probs.byteLength === probs.buffer.byteLength ? probs : probs.slice()
   // The pool receives the Float32Array itself; move() only wraps it for the transfer.

@@ -224,6 +224,7 @@ export class VLLMEngineMonitor extends EventEmitter<MonitorEvents> {
         threads: f.threads,
         taskTimeoutMs: f.taskTimeoutMs,
         backend: f.backend,
+        inlineMaxMacs: f.inlineMaxMacs,
         fallback: f.fallback,
         ...(f.slo === undefined ? {} : { slo: f.slo }),
         learning: o.learning ? { intervalMs: f.retrainIntervalMs, minSamples: f.retrainMinSamples } : false,

@@ -160,6 +160,11 @@ export const monitorOptionsSchema = z
         taskTimeoutMs: z.number().int().min(10).max(600_000).default(1000),
         /** 'auto' runs wasm (cpu if wasm cannot start); 'tensorflow' asks for @tensorflow/tfjs-node in the worker. */
         backend: z.enum(['auto', 'wasm', 'cpu', 'tensorflow']).default('auto'),
+        /**
+         * Ticks costing at most this many multiply-adds run the model's worker-checked Dense loops on
+         * the main thread (less main-thread time than a trip to a worker); 0: always a worker.
+         */
+        inlineMaxMacs: z.number().int().min(0).default(250_000),
         /** The baseline that answers while the model cannot. */
         fallback: z.enum(['predict_linear', 'threshold']).default('threshold'),
         slo: z
@@ -180,6 +185,7 @@ export const monitorOptionsSchema = z
         threads: 1,
         taskTimeoutMs: 1000,
         backend: 'auto',
+        inlineMaxMacs: 250_000,
         fallback: 'threshold',
         retrainIntervalMs: 600_000,
         retrainMinSamples: 256,

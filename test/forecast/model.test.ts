@@ -21,7 +21,7 @@ describe('compileDense', () => {
     expect(fast).not.toBeNull()
     const x = rows(33, 99)
     const want = predictRows(model, x, 33)
-    const got = fast!(x, 33)
+    const got = fast!.forward(x, 33)
     expect(got.length).toBe(33 * MODEL_OUTPUTS.length)
     for (let i = 0; i < want.length; i++) expect(got[i]!).toBeCloseTo(want[i]!, 5)
     model.dispose()

@@ -61,8 +61,9 @@ function expectClose(actual: Float32Array, expected: Float32Array): void {
 }
 
 const pools: ForecastPool[] = []
+/** A pool whose every predict goes to a worker (the worker paths under test), unless told otherwise. */
 function open(options: Partial<ForecastPoolOptions> = {}): ForecastPool {
-  const pool = new ForecastPool({ model: artifactsA, taskTimeoutMs: 5_000, ...options })
+  const pool = new ForecastPool({ model: artifactsA, taskTimeoutMs: 5_000, inlineMaxMacs: 0, ...options })
   pools.push(pool)
   return pool
 }
@@ -79,7 +80,7 @@ describe('ForecastPool', () => {
     const probs = await pool.predict(x, 5)
     expectClose(probs, expected)
     expect(pool.healthy).toBe(true)
-    expect(pool.stats).toEqual({ tasks: 1, failures: 0, timeouts: 0, restarts: 0 })
+    expect(pool.stats).toEqual({ tasks: 1, failures: 0, timeouts: 0, restarts: 0, inline: 0 })
   })
 
   it('transfers a whole-buffer input and copies a view, leaving the larger buffer usable', async () => {
@@ -168,12 +169,12 @@ describe('ForecastPool', () => {
     expect(waited).toBeLessThan(1_000)
     // Starting is not failing: the worker was neither terminated nor marked unhealthy.
     expect(pool.healthy).toBe(true)
-    expect(pool.stats).toEqual({ tasks: 0, failures: 0, timeouts: 1, restarts: 0 })
+    expect(pool.stats).toEqual({ tasks: 0, failures: 0, timeouts: 1, restarts: 0, inline: 0 })
 
     await vi.waitFor(() => expect(pool.starting).toBe(false), { timeout: 10_000, interval: 50 })
     // The warm-up loaded the model too: the predict is the run alone, well within 300 ms.
     expectClose(await pool.predict(x.slice(), 2), inProcess(modelA, x, 2))
-    expect(pool.stats).toEqual({ tasks: 1, failures: 0, timeouts: 1, restarts: 0 })
+    expect(pool.stats).toEqual({ tasks: 1, failures: 0, timeouts: 1, restarts: 0, inline: 0 })
     expect(pool.healthy).toBe(true)
     expect(errors).toEqual([])
   })
@@ -343,6 +344,81 @@ describe('ForecastPool', () => {
   })
 })
 
+describe('ForecastPool on the calling thread (inlineMaxMacs)', () => {
+  // Multiply-adds of one row of the test models (FEATURE_COUNT -> 16 -> outputs).
+  const macsPerRow = () => FEATURE_COUNT * 16 + 16 * outputs
+  const ready = (pool: ForecastPool) =>
+    vi.waitFor(() => expect(pool.runsInline(1)).toBe(true), { timeout: 10_000, interval: 20 })
+
+  it('runs a small batch here once a worker has sent the layers, with what the worker computes', async () => {
+    const pool = open({ inlineMaxMacs: 250_000 })
+    // Nothing runs here before a worker has loaded the model and vouched for its loops.
+    expect(pool.runsInline(1)).toBe(false)
+    await ready(pool)
+    const x = rowsOf(3, 5)
+    const before = x.slice()
+    expectClose(await pool.predict(x, 3), inProcess(modelA, x, 3))
+    // The caller's features are neither transferred nor normalised in place.
+    expect(x).toEqual(before)
+    expect(pool.stats).toMatchObject({ tasks: 0, inline: 1 })
+  })
+
+  it('sends a batch over the budget to a worker', async () => {
+    const pool = open({ inlineMaxMacs: 2 * macsPerRow() })
+    await ready(pool)
+    expect(pool.runsInline(2)).toBe(true)
+    expect(pool.runsInline(3)).toBe(false)
+    const x = rowsOf(3, 6)
+    expectClose(await pool.predict(x.slice(), 3), inProcess(modelA, x, 3))
+    expectClose(
+      await pool.predict(x.slice(0, 2 * FEATURE_COUNT), 2),
+      inProcess(modelA, x.slice(0, 2 * FEATURE_COUNT), 2),
+    )
+    expect(pool.stats).toMatchObject({ tasks: 1, inline: 1 })
+  })
+
+  it('runs a swapped model in a worker until one sends its layers, then here', async () => {
+    const pool = open({ inlineMaxMacs: 250_000 })
+    await ready(pool)
+    const x = rowsOf(2, 8)
+    pool.setModel(artifactsB)
+    expect(pool.runsInline(2)).toBe(false)
+    expectClose(await pool.predict(x.slice(), 2), inProcess(modelB, x, 2))
+    await ready(pool)
+    expectClose(await pool.predict(x.slice(), 2), inProcess(modelB, x, 2))
+    expect(pool.stats).toMatchObject({ tasks: 1, inline: 1 })
+  })
+
+  it('checks the layers a worker sends, and predicts in the workers when they do not fit', async () => {
+    const onError = vi.fn()
+    const pool = open({ inlineMaxMacs: 250_000, workerFilename: fixture('bad-layers-worker.mjs'), onError })
+    await vi.waitFor(() => expect(pool.starting).toBe(false), { timeout: 10_000, interval: 20 })
+    expect(onError).toHaveBeenCalledWith(
+      new ForecastWorkerError(
+        `forecast worker sent unusable layers (layer 0's kernel is not ${FEATURE_COUNT} × 16 float32); predicting in the workers`,
+      ),
+    )
+    expect(pool.runsInline(1)).toBe(false)
+    const x = rowsOf(1, 9)
+    expectClose(await pool.predict(x.slice(), 1), inProcess(modelA, x, 1))
+    expect(pool.stats).toMatchObject({ tasks: 1, inline: 0 })
+  })
+
+  it('predicts in the workers when their pongs carry no layers', async () => {
+    const pool = open({ inlineMaxMacs: 250_000, workerFilename: fixture('garbage-worker.mjs') })
+    await vi.waitFor(() => expect(pool.starting).toBe(false), { timeout: 10_000, interval: 20 })
+    expect(pool.runsInline(1)).toBe(false)
+    await expect(pool.predict(rowsOf(1), 1)).rejects.toBeInstanceOf(ForecastWorkerError)
+  })
+
+  it('refuses a negative budget', () => {
+    expect(() => open({ inlineMaxMacs: -1 })).toThrow(InvalidOptionError)
+    expect(() => open({ inlineMaxMacs: Number.NaN })).toThrow(
+      'options.inlineMaxMacs must be a non-negative number of multiply-adds (0: always a worker)',
+    )
+  })
+})
+
 describe('resolveWorkerFile', () => {
   it('finds the compiled worker from the TypeScript sources', () => {
     expect(resolveWorkerFile('worker.js')).toBe(
@@ -360,14 +436,21 @@ describe('the forecast worker', () => {
   // In process: the handler is a plain async function once its module has loaded.
   const load = () => import('../../src/forecast/worker.js')
 
-  it('answers a ping with pong', async () => {
+  it('answers a ping without a model with a pong that holds no layers', async () => {
     const { default: handle } = await load()
-    expect(await handle({ kind: 'ping' })).toBe('pong')
+    expect(await handle({ kind: 'ping' })).toEqual({ kind: 'pong', version: null, dense: null })
   })
 
   it('loads the model a ping carries, so that the first predict needs no round trip', async () => {
     const { default: handle } = await load()
-    expect(await handle({ kind: 'ping', version: 43, model: artifactsB })).toBe('pong')
+    const pong = await handle({ kind: 'ping', version: 43, model: artifactsB })
+    // The Dense stack comes back with the pong, checked against tfjs in the worker.
+    expect(pong).toMatchObject({ kind: 'pong', version: 43 })
+    const dense = (pong as { dense: { inDim: number; outDim: number }[] }).dense
+    expect(dense.map((l) => [l.inDim, l.outDim])).toEqual([
+      [FEATURE_COUNT, 16],
+      [16, outputs],
+    ])
     const x = rowsOf(2)
     const reply = await handle({ kind: 'predict', version: 43, rows: 2, features: x.slice() })
     expectClose((reply as unknown as Record<symbol, Float32Array>)[valueSymbol]!, inProcess(modelB, x, 2))
@@ -376,7 +459,11 @@ describe('the forecast worker', () => {
   it('leaves a model that fails to load at warm-up for the predict to report', async () => {
     const { default: handle } = await load()
     const broken = { ...artifactsB, weights: new ArrayBuffer(4) }
-    expect(await handle({ kind: 'ping', version: 44, model: broken })).toBe('pong')
+    expect(await handle({ kind: 'ping', version: 44, model: broken })).toEqual({
+      kind: 'pong',
+      version: null,
+      dense: null,
+    })
     const x = rowsOf(1)
     expect(await handle({ kind: 'predict', version: 44, rows: 1, features: x })).toEqual({
       kind: 'need-model',

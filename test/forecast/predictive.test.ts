@@ -353,6 +353,27 @@ describe('PredictiveDetector with a model it cannot load', () => {
   })
 })
 
+describe('PredictiveDetector routes', () => {
+  it('runs a small fleet on the main thread once the worker has vouched for the model, with the same predictions as the worker', async () => {
+    const auto = await replay({ model: DEFAULT_MODEL_DIR }, 25_000)
+    const worker = await replay({ model: DEFAULT_MODEL_DIR, inlineMaxMacs: 0 }, 25_000)
+    try {
+      expect(worker.detector.status().inlineTicks).toBe(0)
+      const s = auto.detector.status()
+      // The first ticks wait for the worker's warm-up; the rest run here.
+      expect(s.inlineTicks).toBeGreaterThan(0)
+      expect(s.inlineTicks).toBeLessThanOrEqual(s.ticks)
+      for (let i = 0; i < auto.ticks.length; i++) {
+        const strip = (ps: Tick['predictions']) => ps.map((p) => ({ ...p, evidence: p.evidence.join('|') }))
+        expect(strip(auto.ticks[i]!.predictions)).toEqual(strip(worker.ticks[i]!.predictions))
+      }
+      expect([...auto.errors, ...worker.errors]).toEqual([])
+    } finally {
+      await Promise.all([auto.detector.close(), worker.detector.close()])
+    }
+  })
+})
+
 describe('PredictiveDetector.close()', () => {
   it('can be called again, and concurrently, once the workers have run', async () => {
     const run = await replay({ model: DEFAULT_MODEL_DIR }, 25_000)
