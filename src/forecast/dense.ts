@@ -45,6 +45,7 @@ export function checkDenseLayers(layers: unknown, inputs: number, outputs: numbe
       return `layer ${k}'s bias is not ${l.outDim} float32`
     if (!DENSE_ACTIVATIONS.includes(l.act as DenseActivation))
       return `layer ${k}'s activation ${String(l.act)}`
+    if (!allFinite(l.w) || !allFinite(l.b)) return `layer ${k} holds a weight that is not finite`
     width = l.outDim!
   }
   return width === outputs ? null : `the last layer gives ${width} outputs, the model lists ${outputs}`
@@ -95,4 +96,9 @@ export function denseForward(layers: readonly DenseLayer[]): DenseForward {
     }
     return out
   }
+}
+
+function allFinite(v: Float32Array): boolean {
+  for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i]!)) return false
+  return true
 }

@@ -23,10 +23,8 @@ export class LocalForecaster {
     this.artifacts = artifacts
   }
 
-  /** Always: this forecaster has no workers (see `inProcess`). */
-  runsInline(_rows: number): boolean {
-    return true
-  }
+  /** Predicts run so far: all of them on the calling thread (this forecaster has no workers). */
+  inlinePredicts = 0
 
   setModel(artifacts: ModelArtifacts): void {
     this.artifacts = artifacts
@@ -40,7 +38,9 @@ export class LocalForecaster {
       l = await this.load()
     }
     normalize(features, rows, l.artifacts.meta.normalization)
-    return l.predict(features, rows)
+    const out = l.predict(features, rows)
+    this.inlinePredicts++
+    return out
   }
 
   async close(): Promise<void> {

@@ -15,10 +15,11 @@
  * Small batches run here (`inlineMaxMacs`): once a worker has loaded a model and found it to be a
  * Dense stack whose loops agree with tfjs, its pong hands the layers over, and a batch costing at
  * most `inlineMaxMacs` multiply-adds runs them on the calling thread: 4 replicas of the shipped
- * model are about 41k, tens of microseconds, less main-thread time than sending the task to a
- * worker and taking its answer back costs, and no thread wake-up on either side. Larger batches,
- * other architectures and every model until a worker has vouched for it go to the workers. tfjs is
- * never loaded on the calling thread.
+ * model are about 41k, tens of microseconds, no more main-thread time than sending the task to a
+ * worker and taking its answer back (measured the same, 0.7-1.1 ms a tick with the features) and
+ * no thread wake-up on either side, which is what the latency was. Layers once held serve their
+ * version through worker restarts too. Larger batches, other architectures and every model until
+ * a worker has vouched for it go to the workers. tfjs is never loaded on the calling thread.
  *
  * Failure handling (forecasting.md §5): a task past its deadline is aborted, which makes piscina
  * terminate its worker and start another; a worker that exits or throws rejects its task; a worker
@@ -78,7 +79,8 @@ export interface ForecastPoolOptions {
    * Batches whose forward pass costs at most this many multiply-adds (rows × the model's per-row
    * cost) run on the calling thread, with the Dense loops a worker compiled and checked against
    * tfjs; larger ones, and models that are not Dense stacks, go to a worker. Default 250,000
-   * (≈0.1-0.2 ms of arithmetic; the shipped model is 10,336 a row). 0: always a worker.
+   * (≈0.1-0.2 ms of arithmetic; the shipped model is 10,336 a row, so up to 24 replicas), at most
+   * 10,000,000. 0: always a worker.
    */
   inlineMaxMacs?: number
   /** Failures no predict is waiting on: a worker that fails to start, a pool-level error. */
@@ -106,6 +108,11 @@ const kDefaultOptions = {
   inlineMaxMacs: 250_000,
 } as const
 const kBackends: readonly string[] = ['auto', 'wasm', 'cpu', 'tensorflow']
+/**
+ * Upper bound of `inlineMaxMacs`: 10 M multiply-adds are several milliseconds of one thread, past
+ * which a batch belongs in a worker whatever the hop costs.
+ */
+const kMaxInlineMacs = 10_000_000
 /** Bound on the warm-up ping: a cold worker imports tfjs, starts its backend and loads the model. */
 const kStartupTimeoutMs = 30_000
 
@@ -188,6 +195,11 @@ export class ForecastPool {
     return this.#warming !== null && this.#startError === null && this.#closing === null
   }
 
+  /** Predicts answered on the calling thread so far (stats.inline, without the copy). */
+  get inlinePredicts(): number {
+    return this.#stats.inline
+  }
+
   get stats(): ForecastPoolStats {
     return { ...this.#stats }
   }
@@ -203,19 +215,25 @@ export class ForecastPool {
     this.#version++
     this.#inline = null
     // The new version runs in the workers until one has loaded it and sent its layers back.
-    if (this.#inlineMaxMacs > 0) this.#learnLayers()
+    if (this.#inlineMaxMacs > 0 && this.#closing === null) this.#learnLayers()
   }
 
-  /** Whether batches of `rows` rows now run on the calling thread. */
+  /** Whether a predict of `rows` rows now runs on the calling thread. */
   runsInline(rows: number): boolean {
     const inl = this.#inline
-    return inl !== null && inl.version === this.#version && rows * inl.macsPerRow <= this.#inlineMaxMacs
+    return (
+      inl !== null &&
+      inl.version === this.#version &&
+      rows * inl.macsPerRow <= this.#inlineMaxMacs &&
+      this.#closing === null
+    )
   }
 
   /**
    * Runs the model on `rows` rows of FEATURE_COUNT raw features; resolves to rows × outputs
-   * probabilities (row-major, in meta.outputs order). When `features` spans its whole ArrayBuffer,
-   * that buffer is transferred to the worker and detached here: pass `features.slice()` to keep it.
+   * probabilities (row-major, in meta.outputs order). When the batch goes to a worker and
+   * `features` spans its whole ArrayBuffer, that buffer is transferred and detached here: pass
+   * `features.slice()` to keep it. A batch run here (`runsInline`) leaves `features` as it was.
    * Rejects with InvalidArgumentError, ForecastTimeoutError or ForecastWorkerError; never throws.
    * Settles within taskTimeoutMs (plus timer lag), a worker still starting included.
    */
@@ -229,7 +247,8 @@ export class ForecastPool {
         `features hold ${features.length} values, expected rows × ${FEATURE_COUNT} = ${rows * FEATURE_COUNT}`,
       )
     if (rows === 0) return new Float32Array(0)
-    if (this.#warming === null && this.runsInline(rows)) {
+    // Before any wait: held layers serve their version while a restarted worker starts, too.
+    if (this.runsInline(rows)) {
       const out = this.#runInline(features, rows)
       if (out !== null) return out
     }
@@ -295,47 +314,51 @@ export class ForecastPool {
   #runInline(features: Float32Array, rows: number): Float32Array | null {
     const inl = this.#inline!
     try {
-      const n = rows * FEATURE_COUNT
-      if (inl.scratch.length < n) inl.scratch = new Float32Array(n)
-      const x = inl.scratch.subarray(0, n)
-      x.set(features)
-      normalize(x, rows, inl.normalization)
-      const out = inl.forward(x, rows)
+      // normalize and the loops read only the first rows × FEATURE_COUNT values: no view needed.
+      if (inl.scratch.length < features.length) inl.scratch = new Float32Array(features.length)
+      inl.scratch.set(features)
+      normalize(inl.scratch, rows, inl.normalization)
+      const out = inl.forward(inl.scratch, rows)
       this.#stats.inline++
+      this.#healthy = true
       return out
     } catch (err) {
       this.#inline = null
-      this.#report(
-        new ForecastWorkerError(
-          `inline forward pass failed, predicting in the workers: ${(err as Error)?.message}`,
-          {
-            cause: err,
-          },
-        ),
-      )
+      const message = `forecast pool: the inline forward pass failed (${(err as Error)?.message}); predicting in the workers`
+      this.#report(new ForecastWorkerError(message, { cause: err }))
       return null
     }
   }
 
   /** Takes a pong's Dense stack for inline batches if it is the current version's and checks out. */
   #adoptLayers(reply: unknown): void {
-    if (this.#inlineMaxMacs <= 0 || typeof reply !== 'object' || reply === null) return
+    if (this.#inlineMaxMacs <= 0 || this.#closing !== null || typeof reply !== 'object' || reply === null)
+      return
     const pong = reply as Partial<Pong>
     if (pong.kind !== 'pong' || pong.version !== this.#version || pong.dense == null) return
-    const meta = this.#artifacts.meta
-    const bad = checkDenseLayers(pong.dense, FEATURE_COUNT, meta.outputs.length)
-    if (bad !== null) {
-      this.#report(
-        new ForecastWorkerError(`forecast worker sent unusable layers (${bad}); predicting in the workers`),
-      )
-      return
-    }
-    this.#inline = {
-      version: pong.version,
-      forward: denseForward(pong.dense),
-      macsPerRow: denseMacsPerRow(pong.dense),
-      normalization: meta.normalization,
-      scratch: new Float32Array(0),
+    // Each worker's warm-up (and each restart's) sends the same version's layers again.
+    if (this.#inline?.version === pong.version) return
+    try {
+      const meta = this.#artifacts.meta
+      const bad = checkDenseLayers(pong.dense, FEATURE_COUNT, meta.outputs.length)
+      if (bad !== null) {
+        this.#report(
+          new ForecastWorkerError(`forecast worker sent unusable layers (${bad}); predicting in the workers`),
+        )
+        return
+      }
+      this.#inline = {
+        version: pong.version,
+        forward: denseForward(pong.dense),
+        macsPerRow: denseMacsPerRow(pong.dense),
+        // A copy: the workers got theirs by structured clone, so a later change by the caller
+        // reaches neither route.
+        normalization: { mean: [...meta.normalization.mean], std: [...meta.normalization.std] },
+        scratch: new Float32Array(0),
+      }
+    } catch (err) {
+      // Called from promise callbacks: a throw here would be an unhandled rejection.
+      this.#report(new ForecastWorkerError(`forecast pool: layers not taken (${(err as Error)?.message})`))
     }
   }
 
@@ -483,9 +506,9 @@ function validateOptions(options: ForecastPoolOptions): ValidOptions {
     throw new InvalidOptionError('options.taskTimeoutMs must be a positive number of milliseconds')
   if (!kBackends.includes(o.backend))
     throw new InvalidOptionError(`options.backend must be one of ${kBackends.join(', ')}`)
-  if (typeof o.inlineMaxMacs !== 'number' || !(o.inlineMaxMacs >= 0))
+  if (!Number.isSafeInteger(o.inlineMaxMacs) || o.inlineMaxMacs < 0 || o.inlineMaxMacs > kMaxInlineMacs)
     throw new InvalidOptionError(
-      'options.inlineMaxMacs must be a non-negative number of multiply-adds (0: always a worker)',
+      `options.inlineMaxMacs must be an integer number of multiply-adds from 0 (always a worker) to ${kMaxInlineMacs}`,
     )
   if (o.onError !== undefined && typeof o.onError !== 'function')
     throw new InvalidOptionError('options.onError must be a function')

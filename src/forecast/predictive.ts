@@ -138,8 +138,10 @@ export class PredictiveDetector {
   private readonly net = new Float32Array(4)
   private readonly onError: (code: string, message: string) => void
   private tracker: OnsetTracker
-  private pool: Pick<ForecastPool, 'predict' | 'setModel' | 'close' | 'starting' | 'runsInline'> | null = null
-  private inlineTicks = 0
+  private pool: Pick<ForecastPool, 'predict' | 'setModel' | 'close' | 'starting' | 'inlinePredicts'> | null =
+    null
+  /** Inline predicts of pools closed before this one (suspended after failures). */
+  private inlineBefore = 0
   private startPool: (() => void) | null = null
   private current: ModelArtifacts | null = null
   private meta: ModelMeta | null = null
@@ -301,7 +303,7 @@ export class PredictiveDetector {
       fallback: this.fallbackName,
       ticks: this.ticks,
       fallbackTicks: this.fallbackTicks,
-      inlineTicks: this.inlineTicks,
+      inlineTicks: this.inlineBefore + (this.pool?.inlinePredicts ?? 0),
       onlineRounds: s?.rounds ?? 0,
       onlineSwaps: s?.swaps ?? 0,
     }
@@ -358,7 +360,6 @@ export class PredictiveDetector {
     // After close() the pool is gone: answer with the baselines, quietly.
     if (this.state === 'ready' && pool !== null && meta !== null && !this.closed) {
       try {
-        if (pool.runsInline(targets.length)) this.inlineTicks++
         const probs = await pool.predict(x, targets.length)
         this.failuresInARow = 0
         this.suspensions = 0
@@ -380,6 +381,7 @@ export class PredictiveDetector {
           this.retryAt = performance.now() + waitMs
           this.failuresInARow = 0
           this.onError(code, `${this.reason}; forecasting with ${this.fallbackName} for ${waitMs / 1000} s`)
+          this.inlineBefore += this.pool?.inlinePredicts ?? 0
           void this.pool?.close()
           this.pool = null
         } else this.onError(code, `${(err as Error).message}; this tick forecast with ${this.fallbackName}`)

@@ -113,7 +113,9 @@ let cached: Cached | null = null
 export default async function handle(task: ForecastTask): Promise<ForecastReply> {
   if (task?.kind === 'ping') {
     const v = task.version
-    if (task.model !== undefined && Number.isSafeInteger(v) && v! >= 1 && cached?.version !== v)
+    // Versions only grow: a ping queued behind a newer model (quick swaps) would load a model no
+    // predict will ask for, and the current one again after it.
+    if (task.model !== undefined && Number.isSafeInteger(v) && v! >= 1 && !((cached?.version ?? 0) >= v!))
       await load(v!, task.model).catch(() => {})
     const held = cached !== null && cached.version === v ? cached : null
     return { kind: 'pong', version: held?.version ?? null, dense: held?.fast?.layers ?? null }

@@ -162,9 +162,9 @@ export const monitorOptionsSchema = z
         backend: z.enum(['auto', 'wasm', 'cpu', 'tensorflow']).default('auto'),
         /**
          * Ticks costing at most this many multiply-adds run the model's worker-checked Dense loops on
-         * the main thread (less main-thread time than a trip to a worker); 0: always a worker.
+         * the main thread: no thread hop, and no more main-thread time than one; 0: always a worker.
          */
-        inlineMaxMacs: z.number().int().min(0).default(250_000),
+        inlineMaxMacs: z.number().int().min(0).max(10_000_000).default(250_000),
         /** The baseline that answers while the model cannot. */
         fallback: z.enum(['predict_linear', 'threshold']).default('threshold'),
         slo: z

@@ -411,11 +411,39 @@ describe('ForecastPool on the calling thread (inlineMaxMacs)', () => {
     await expect(pool.predict(rowsOf(1), 1)).rejects.toBeInstanceOf(ForecastWorkerError)
   })
 
-  it('refuses a negative budget', () => {
-    expect(() => open({ inlineMaxMacs: -1 })).toThrow(InvalidOptionError)
-    expect(() => open({ inlineMaxMacs: Number.NaN })).toThrow(
-      'options.inlineMaxMacs must be a non-negative number of multiply-adds (0: always a worker)',
-    )
+  it('keeps running small batches here while a crashed worker is replaced', async () => {
+    // One row runs here, two go to the worker; a two-row batch marked 999 ends the worker's thread.
+    const pool = open({ inlineMaxMacs: macsPerRow(), workerFilename: fixture('crash-worker.mjs') })
+    await ready(pool)
+    const crash = rowsOf(2)
+    crash[0] = kMarker
+    await expect(pool.predict(crash, 2)).rejects.toBeInstanceOf(ForecastWorkerError)
+    const x = rowsOf(1, 3)
+    const answered = pool.predict(x, 1)
+    // Answered without waiting for the replacement to load tfjs and the model.
+    expect(pool.starting).toBe(true)
+    expectClose(await answered, inProcess(modelA, x, 1))
+    expect(pool.stats).toMatchObject({ inline: 1, failures: 1 })
+    expect(pool.healthy).toBe(true)
+  })
+
+  it('ends two quick swaps on the last model, here as in the workers', async () => {
+    const pool = open({ inlineMaxMacs: 250_000 })
+    await ready(pool)
+    pool.setModel(artifactsB)
+    pool.setModel(artifactsA)
+    expect(pool.modelVersion).toBe(3)
+    await ready(pool)
+    const x = rowsOf(2, 4)
+    expectClose(await pool.predict(x.slice(), 2), inProcess(modelA, x, 2))
+    expect(pool.stats.inline).toBe(1)
+  })
+
+  it('refuses a budget that is negative, fractional or past 10 M', () => {
+    const message =
+      'options.inlineMaxMacs must be an integer number of multiply-adds from 0 (always a worker) to 10000000'
+    for (const bad of [-1, Number.NaN, 0.5, 10_000_001, Number.POSITIVE_INFINITY])
+      expect(() => open({ inlineMaxMacs: bad })).toThrow(new InvalidOptionError(message))
   })
 })
 
