@@ -66,17 +66,10 @@ try {
       Object.fromEntries(
         names.map((n) => [n, rows.filter((r) => Number.isNaN(batch[n][r])).length / (rows.length || 1)]),
       )
-    const fastNames = ['memoryUsedBytes', 'memoryFreeBytes', 'memoryReservedBytes']
-    const cachedNames = [
-      'gpuUtilizationPercent',
-      'memoryUtilizationPercent',
-      'temperatureCelsius',
-      'powerMilliwatts',
-      'smClockMhz',
-      'memoryClockMhz',
-      'clockEventReasons',
-      'performanceState',
-    ]
+    // Every column the binding returns, so that a counter it gains is recorded without an edit here.
+    const columns = (batch) => Object.keys(batch).filter((k) => k !== 'timestampNs' && k !== 'device')
+    const fastNames = columns(d.fast)
+    const cachedNames = columns(d.cached)
     out.perDevice.push({
       index: i,
       fastRows: fastRows.length,
