@@ -138,40 +138,54 @@ export class InPlaceActions {
       // would let the queue flood the replica. Wait until the gateway holds nothing for it.
       if (queuedFor(o.actuators.admission, record.replica) > 0) continue
       this.inPlace.delete(key)
-      const ctx = this.contextOf(record, cp)
-      const timeoutMs = o.actionTimeoutMs ?? 60_000
-      const p = bounded(this.deps.closing, timeoutMs, (signal) =>
+      const detail = `alarm quiet for ${Math.round((t - last) / 1000)} s`
+      const p = this.rollBack(record, strategy, cp, o.actionTimeoutMs ?? 60_000, detail, '').finally(() =>
+        running.delete(`${key}|rollback`),
+      )
+      running.set(`${key}|rollback`, p)
+    }
+  }
+
+  /**
+   * Rolls one action in place back within `timeoutMs` and audits it; a failure (or a rollback that
+   * runs out of time) is reported with `when` in the message, never thrown.
+   */
+  private async rollBack(
+    record: ActionRecord,
+    strategy: MitigationStrategy,
+    cp: Checkpoint | null,
+    timeoutMs: number,
+    detail: string,
+    when: string,
+  ): Promise<void> {
+    const { options: o, report } = this.deps
+    const ctx = this.contextOf(record, cp)
+    try {
+      const done = await bounded(this.deps.closing, timeoutMs, (signal) =>
         Promise.resolve().then(() => strategy.rollback?.({ ...ctx, signal })),
       )
-        .then((done) => {
-          if (done === null) throw new MitigationError(`it did not finish within ${timeoutMs} ms`)
-          record.rolledBack = true
-        })
-        .then(
-          () =>
-            report.writeAudit({
-              t: o.now(),
-              kind: 'rollback',
-              id: record.id,
-              replica: record.replica,
-              failureType: record.failureType,
-              strategy: record.strategy,
-              detail: `alarm quiet for ${Math.round((t - last) / 1000)} s`,
-            }),
-          (err: unknown) =>
-            o.reportError(
-              'VLLM_MONITOR_MITIGATION_FAILED',
-              `rolling back ${record.strategy} on ${record.replica} failed: ${messageOf(err)}`,
-            ),
-        )
-        .finally(() => running.delete(`${key}|rollback`))
-      running.set(`${key}|rollback`, p)
+      if (done === null) throw new MitigationError(`it did not finish within ${timeoutMs} ms`)
+      record.rolledBack = true
+      report.writeAudit({
+        t: o.now(),
+        kind: 'rollback',
+        id: record.id,
+        replica: record.replica,
+        failureType: record.failureType,
+        strategy: record.strategy,
+        detail,
+      })
+    } catch (err) {
+      o.reportError(
+        'VLLM_MONITOR_MITIGATION_FAILED',
+        `rolling back ${record.strategy} on ${record.replica}${when} failed: ${messageOf(err)}`,
+      )
     }
   }
 
   /** On close: the reflex's caps released, every action in place rolled back (bounded). */
   async liftAll(cp: Checkpoint | null): Promise<void> {
-    const { options: o, report } = this.deps
+    const { options: o } = this.deps
     const admission = o.actuators.admission
     for (const replica of this.reflexCaps.keys()) {
       try {
@@ -188,30 +202,9 @@ export class InPlaceActions {
     const placed = [...this.inPlace.values()]
     this.inPlace.clear()
     await Promise.all(
-      placed.map(async ({ record, strategy }) => {
-        const ctx = this.contextOf(record, cp)
-        try {
-          const done = await bounded(this.deps.closing, timeoutMs, (signal) =>
-            Promise.resolve().then(() => strategy.rollback?.({ ...ctx, signal })),
-          )
-          if (done === null) throw new MitigationError(`it did not finish within ${timeoutMs} ms`)
-          record.rolledBack = true
-          report.writeAudit({
-            t: o.now(),
-            kind: 'rollback',
-            id: record.id,
-            replica: record.replica,
-            failureType: record.failureType,
-            strategy: record.strategy,
-            detail: 'monitor closing',
-          })
-        } catch (err) {
-          o.reportError(
-            'VLLM_MONITOR_MITIGATION_FAILED',
-            `rolling back ${record.strategy} on ${record.replica} at close failed: ${messageOf(err)}`,
-          )
-        }
-      }),
+      placed.map(({ record, strategy }) =>
+        this.rollBack(record, strategy, cp, timeoutMs, 'monitor closing', ' at close'),
+      ),
     )
   }
 
